@@ -1,0 +1,44 @@
+"""`hdn recommend`: top-K items for one or more users from an exported model directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cli.main import setup_logging
+
+
+def recommend(
+    model: Path = typer.Argument(..., help="Model directory written by 'hdn export'."),
+    user: list[str] = typer.Option(..., "--user", help="External user id; repeat for more."),
+    k: int = typer.Option(20, "--k", help="Number of items per user."),
+    include_seen: bool = typer.Option(False, help="Allow the user's training items."),
+    popular_fallback: bool = typer.Option(
+        False, help="Recommend the most popular items to unknown users instead of failing."
+    ),
+    rule: str = typer.Option("sign", help="Rejection rule: sign (as trained) or quota."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Log warnings only."),
+) -> None:
+    """Print each user's top-K external item ids and scores through the HDN cascade."""
+    from hdn_runtime import Recommender
+
+    setup_logging(quiet=quiet)
+    with Recommender.load(model, rule=rule) as recommender:
+        results = recommender.recommend(
+            user,
+            k=k,
+            exclude_seen=not include_seen,
+            unknown_users="popular" if popular_fallback else "error",
+        )
+    console = Console()
+    for result in results:
+        title = f"user {result.user_id}" + (" (popularity fallback)" if result.fallback else "")
+        table = Table(title=title)
+        for column in ("rank", "item", "score"):
+            table.add_column(column, justify="right")
+        for rank, (item, score) in enumerate(zip(result.item_ids, result.scores), start=1):
+            table.add_row(str(rank), item, f"{score:.4f}")
+        console.print(table)

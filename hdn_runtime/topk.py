@@ -1,0 +1,90 @@
+"""Per-segment ranking and top-K over flat (segment, item, value) arrays.
+
+A segment is one user's row of the batch. Everything is vectorised: one lexsort for the whole
+batch, then each pair's rank inside its segment follows from its sorted position.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hdn_runtime.compaction import segment_counts
+
+
+def rank_within_segments(
+    segment_ids: np.ndarray, item_ids: np.ndarray, sort_values: np.ndarray, num_segments: int
+) -> np.ndarray:
+    """Rank each pair inside its segment by `sort_values` ascending, ties by lower item index.
+
+    Args:
+        segment_ids: int64, shape (M,). Segment of each pair, in [0, num_segments), any order.
+        item_ids: int64, shape (M,). Item index of each pair; breaks ties in `sort_values`.
+        sort_values: float, shape (M,). NaN ranks after every number.
+        num_segments: Number of segments S.
+
+    Returns:
+        int64, shape (M,). 0 for the first pair of each segment, 1 for the next, and so on.
+    """
+    order = np.lexsort((item_ids, sort_values, segment_ids))  # segment, then value, then item
+    counts = segment_counts(segment_ids, num_segments)
+    segment_starts = np.cumsum(counts) - counts  # position of each segment's first sorted pair
+
+    ranks = np.empty(len(order), dtype=np.int64)
+    ranks[order] = np.arange(len(order), dtype=np.int64) - segment_starts[segment_ids[order]]
+    return ranks
+
+
+def segmented_top_k(
+    segment_ids: np.ndarray,
+    item_ids: np.ndarray,
+    scores: np.ndarray,
+    num_segments: int,
+    k: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Select the k best-scored items of every segment.
+
+    Order is score descending, then item index ascending, so ties resolve the same way on
+    every run and backend. A segment with fewer than k pairs gets all of them, and padding.
+
+    Args:
+        segment_ids: int64, shape (M,). Segment of each pair, in [0, num_segments), any order.
+        item_ids: int64, shape (M,). Item index of each pair.
+        scores: float32, shape (M,). Score of each pair; NaN ranks last.
+        num_segments: Number of segments S.
+        k: Number of items to keep per segment, k >= 0.
+
+    Returns:
+        items: int64, shape (S, k). Item indices, padded with -1.
+        top_scores: float32, shape (S, k). Their scores, padded with -inf.
+        counts: int64, shape (S,). Number of real (unpadded) entries per segment.
+
+    Raises:
+        ValueError: Arrays differ in length, k is negative, or a segment id is out of range.
+    """
+    segment_ids = np.asarray(segment_ids, dtype=np.int64)
+    item_ids = np.asarray(item_ids, dtype=np.int64)
+    scores = np.asarray(scores, dtype=np.float32)
+    if not segment_ids.shape == item_ids.shape == scores.shape or segment_ids.ndim != 1:
+        raise ValueError(
+            "segment_ids, item_ids and scores must be 1-D arrays of one length, got shapes "
+            f"{segment_ids.shape}, {item_ids.shape} and {scores.shape}."
+        )
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}.")
+    if len(segment_ids) and (segment_ids.min() < 0 or segment_ids.max() >= num_segments):
+        raise ValueError(
+            f"segment_ids must lie in [0, {num_segments}), got values from {segment_ids.min()} "
+            f"to {segment_ids.max()}."
+        )
+
+    items = np.full((num_segments, k), -1, dtype=np.int64)
+    top_scores = np.full((num_segments, k), -np.inf, dtype=np.float32)
+    ranks = rank_within_segments(segment_ids, item_ids, -scores, num_segments)
+    is_selected = ranks < k
+    selected_segments = segment_ids[is_selected]
+    selected_ranks = ranks[is_selected]
+    items[selected_segments, selected_ranks] = item_ids[is_selected]
+    top_scores[selected_segments, selected_ranks] = scores[is_selected]
+
+    counts = np.minimum(segment_counts(segment_ids, num_segments), k)
+    return items, top_scores, counts

@@ -1,0 +1,88 @@
+"""Pointwise training on sampled negatives, shared by MF, GMF, MLP and NeuMF.
+
+The models live in `hdn_train.models`; distilling the student is `hdn_train.distill`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hdn_train.interactions import InteractionMatrix
+from hdn_train.sampling import training_pairs
+
+logger = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[str, int, int], None]
+"""Called as `on_step(phase, done, total)` after each optimiser step."""
+
+
+@dataclass
+class FitOptions:
+    """Optimiser settings for one model.
+
+    Attributes:
+        epochs: Passes over the training positives.
+        batch_size: Sampled pairs per step.
+        learning_rate: Adam learning rate.
+        negatives: Sampled negatives per positive.
+    """
+
+    epochs: int
+    batch_size: int = 512
+    learning_rate: float = 1e-3
+    negatives: int = 5
+
+
+def fit_pointwise(
+    model: nn.Module,
+    train: InteractionMatrix,
+    options: FitOptions,
+    rng: np.random.Generator,
+    phase: str,
+    on_step: ProgressCallback | None = None,
+) -> list[dict[str, float]]:
+    """Train `model(users, items) -> logits` with binary cross-entropy on sampled pairs.
+
+    Each epoch draws fresh negatives for every training positive.
+
+    Returns:
+        One record per epoch with the mean loss and the seconds it took.
+    """
+    optimizer = torch.optim.Adam(model.parameters(), lr=options.learning_rate)
+    history = []
+    for epoch in range(options.epochs):
+        started = time.perf_counter()
+        users, items, labels = training_pairs(train, options.negatives, rng)
+        users_t, items_t = torch.from_numpy(users), torch.from_numpy(items)
+        labels_t = torch.from_numpy(labels)
+        num_steps = (len(users) + options.batch_size - 1) // options.batch_size
+
+        model.train()
+        total_loss = 0.0
+        for step in range(num_steps):
+            batch = slice(step * options.batch_size, (step + 1) * options.batch_size)
+            logits = model(users_t[batch], items_t[batch])
+            loss = F.binary_cross_entropy_with_logits(logits, labels_t[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total_loss += loss.item()
+            if on_step is not None:
+                on_step(phase, epoch * num_steps + step + 1, options.epochs * num_steps)
+        model.eval()
+
+        seconds = time.perf_counter() - started
+        history.append({"epoch": epoch + 1, "loss": total_loss / num_steps, "seconds": seconds})
+        logger.info(
+            "%s epoch %d/%d: loss %.4f in %.1fs",
+            phase, epoch + 1, options.epochs, total_loss / num_steps, seconds,
+        )
+    return history
