@@ -1,7 +1,7 @@
 """Run the decision stages, the scoring stage and top-K over every candidate of a user batch.
 
 The candidates of a user are all catalogue items minus the items excluded for that user.
-Each decision stage sees the survivors of the previous one, packed densely on the host. Mapping
+Each decision stage receives the survivors of the previous one, packed densely on the host. Mapping
 external ids and loading files is left to `recommender` and `tables`.
 """
 
@@ -30,8 +30,9 @@ from hdn_runtime.topk import rank_within_segments, segmented_top_k
 logger = logging.getLogger(__name__)
 
 RULES = ("sign", "quota")
-# About 2**20 pairs keeps a chunk's gathered float32 embeddings and hidden states in the tens
-# of MiB for d and h near 32.
+# With d = h = 32, one chunk of 2**20 pairs raised peak memory by about 1 GiB in a CPU run with
+# ONNX Runtime 1.23: each per-pair float32 array takes 128 MiB, and a stage has several inputs,
+# outputs and intermediates. Pass a smaller max_candidates on hosts with less memory.
 DEFAULT_MAX_CANDIDATES = 1 << 20
 
 
@@ -169,7 +170,7 @@ class Cascade:
         survivor_counts = np.zeros((self.num_decision_stages, num_users), dtype=np.int64)
         stage_seconds = np.zeros(self.num_decision_stages + 1, dtype=np.float64)
 
-        # NOTE: a chunk holds at least one user, so a catalogue larger than max_candidates
+        # NOTE: a chunk contains at least one user, so a catalogue larger than max_candidates
         #   still runs num_items pairs at a time.
         users_per_chunk = max(1, self.max_candidates // num_items)
         chunk_starts = range(0, num_users, users_per_chunk)
@@ -222,12 +223,9 @@ class Cascade:
         survivor_counts = np.zeros((self.num_decision_stages, num_users), dtype=np.int64)
         stage_seconds = np.zeros(self.num_decision_stages + 1, dtype=np.float64)
 
-        # Stage inputs are per pair, so each user row is repeated once per candidate.
-        user_inputs = user_embeddings[segment_ids]  # (M, d)
-        item_inputs = item_embeddings[item_ids]  # (M, d)
         hidden = None
         for stage_index, backend in enumerate(self.stage_backends[:-1]):
-            inputs = {USER_INPUT: user_inputs, ITEM_INPUT: item_inputs}
+            inputs = _embedding_inputs(user_embeddings, item_embeddings, segment_ids, item_ids)
             if stage_index > 0:
                 inputs[HIDDEN_INPUT] = hidden
             started = time.perf_counter()
@@ -238,15 +236,16 @@ class Cascade:
             keep_mask = self._keep_mask(
                 outputs[DECISION_OUTPUT], segment_ids, item_ids, num_users, stage_quotas
             )
-            segment_ids, item_ids, user_inputs, item_inputs, hidden = compact(
-                keep_mask, segment_ids, item_ids, user_inputs, item_inputs, outputs[HIDDEN_OUTPUT]
+            segment_ids, item_ids, hidden = compact(
+                keep_mask, segment_ids, item_ids, outputs[HIDDEN_OUTPUT]
             )
             survivor_counts[stage_index] = segment_counts(segment_ids, num_users)
             kept, offered = len(segment_ids), len(keep_mask)
             logger.debug("Decision stage %d kept %d of %d pairs", stage_index + 1, kept, offered)
 
+        score_inputs = _embedding_inputs(user_embeddings, item_embeddings, segment_ids, item_ids)
+        score_inputs[HIDDEN_INPUT] = hidden
         started = time.perf_counter()
-        score_inputs = {USER_INPUT: user_inputs, ITEM_INPUT: item_inputs, HIDDEN_INPUT: hidden}
         pair_scores = self.stage_backends[-1].run(score_inputs)[SCORE_OUTPUT]
         stage_seconds[-1] = time.perf_counter() - started
 
@@ -302,6 +301,23 @@ class Cascade:
                 f"excluded_indptr must have shape ({len(user_embeddings) + 1},), one more than "
                 f"the batch size, got {np.shape(excluded_indptr)}."
             )
+
+
+def _embedding_inputs(
+    user_embeddings: np.ndarray,
+    item_embeddings: np.ndarray,
+    segment_ids: np.ndarray,
+    item_ids: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """Gather the per-pair embedding inputs of a stage, float32 (M, d) each.
+
+    Gathering from the tables at every stage replaces compacting two (M, d) copies, so only
+    the hidden state is carried from one stage to the next.
+    """
+    return {
+        USER_INPUT: np.take(user_embeddings, segment_ids, axis=0),
+        ITEM_INPUT: np.take(item_embeddings, item_ids, axis=0),
+    }
 
 
 def _candidate_pairs(

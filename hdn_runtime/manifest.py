@@ -128,7 +128,7 @@ def expected_stage_signature(
     """Return the name, kind, inputs and outputs that format version 1 fixes for a stage.
 
     Args:
-        stage_index: 0-based position in the cascade; the scoring stage comes last.
+        stage_index: 0-based position in the cascade, where the scoring stage comes last.
         num_decision_stages: Number N of decision stages.
     """
     if stage_index == num_decision_stages:
@@ -153,8 +153,8 @@ def read_manifest(model_dir: str | Path, verify_checksums: bool = True) -> Manif
 
     Args:
         model_dir: Exported model directory.
-        verify_checksums: Hash every listed file and compare with the manifest. Leave it on
-            outside tests; hashing reads each file once.
+        verify_checksums: Hash every listed file and compare with the manifest. Hashing reads
+            each file once. Turn it off only in tests.
 
     Returns:
         The validated manifest, with paths resolved inside `model_dir`.

@@ -61,7 +61,7 @@ class UserRecommendations:
 
 
 class Recommender:
-    """Serves top-K recommendations from an exported model directory without torch.
+    """Top-K recommender over an exported model directory, running without torch.
 
     Create it with `Recommender.load`. `last_stats` is stored per thread, so concurrent callers
     each read the statistics of their own latest request.
@@ -97,7 +97,7 @@ class Recommender:
             rule: "sign" rejects where a decision is > 0, as trained. "quota" keeps exactly
                 ceil((1 - γ_n) * c_u) of user u's c_u candidates at decision stage n, which
                 makes the cost of a request predictable.
-            intra_op_threads: Threads per operator for ONNX Runtime; None keeps its default.
+            intra_op_threads: Threads per operator for ONNX Runtime. None keeps its default.
             max_candidates: Maximum (user, item) pairs the cascade processes at once.
 
         Raises:
@@ -111,6 +111,7 @@ class Recommender:
         if rule not in RULES:
             raise ValueError(f"rule must be one of {list(RULES)}, got {rule!r}.")
 
+        logger.info("Loading model %s", path)
         started = time.perf_counter()
         manifest = read_manifest(path)
         tables = load_tables(manifest)
@@ -268,7 +269,7 @@ class Recommender:
         return result.item_indices, result.scores, result.counts
 
     def close(self) -> None:
-        """Release every stage backend. The recommender cannot serve afterwards."""
+        """Release every stage backend. Later requests raise RuntimeError."""
         self._cascade.close()
 
     def __enter__(self) -> Recommender:

@@ -1,7 +1,7 @@
 """Load and validate the embedding tables, seen items, popularity and id maps of a model.
 
-The files and their checksums come from a validated `Manifest`; running the stages is left to
-`cascade`.
+The file paths come from a `Manifest` whose checksums were verified. Running the stages is left
+to `cascade`.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class ModelTables:
         """Gather the seen items of a batch of users as a CSR slice, without a loop over users.
 
         Args:
-            user_indices: int64, shape (B,). Dense user indices; repeats are allowed.
+            user_indices: int64, shape (B,). Dense user indices. Repeats are allowed.
 
         Returns:
             indptr: int64, shape (B + 1,). Row b's items are `indices[indptr[b]:indptr[b + 1]]`.

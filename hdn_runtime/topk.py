@@ -1,6 +1,6 @@
 """Per-segment ranking and top-K over flat (segment, item, value) arrays.
 
-A segment is one user's row of the batch. Everything is vectorised: one lexsort for the whole
+A segment is one user's row of the batch. Everything is vectorised: one sort for the whole
 batch, then each pair's rank inside its segment follows from its sorted position.
 """
 
@@ -16,22 +16,62 @@ def rank_within_segments(
 ) -> np.ndarray:
     """Rank each pair inside its segment by `sort_values` ascending, ties by lower item index.
 
+    Pairs in any order are ranked correctly. Pairs already sorted by segment and then item, as
+    the cascade keeps them, with float32 values take a faster path.
+
     Args:
-        segment_ids: int64, shape (M,). Segment of each pair, in [0, num_segments), any order.
+        segment_ids: int64, shape (M,). Segment of each pair, in [0, num_segments).
         item_ids: int64, shape (M,). Item index of each pair; breaks ties in `sort_values`.
-        sort_values: float, shape (M,). NaN ranks after every number.
+        sort_values: float, shape (M,). NaN ranks after every number, and -0.0 ties with 0.0.
         num_segments: Number of segments S.
 
     Returns:
         int64, shape (M,). 0 for the first pair of each segment, 1 for the next, and so on.
     """
-    order = np.lexsort((item_ids, sort_values, segment_ids))  # segment, then value, then item
+    order = _order_by_segment_value_item(segment_ids, item_ids, sort_values)
     counts = segment_counts(segment_ids, num_segments)
     segment_starts = np.cumsum(counts) - counts  # position of each segment's first sorted pair
 
     ranks = np.empty(len(order), dtype=np.int64)
     ranks[order] = np.arange(len(order), dtype=np.int64) - segment_starts[segment_ids[order]]
     return ranks
+
+
+def _order_by_segment_value_item(
+    segment_ids: np.ndarray, item_ids: np.ndarray, sort_values: np.ndarray
+) -> np.ndarray:
+    """Return the permutation that sorts pairs by segment, then value, then item."""
+    if sort_values.dtype != np.float32 or not _is_sorted_by_segment_then_item(
+        segment_ids, item_ids
+    ):
+        return np.lexsort((item_ids, sort_values, segment_ids))
+
+    # Pack (segment, value) into one uint64 key. A stable sort of it keeps the existing item
+    # order among equal keys, and is several times faster than a three-key lexsort.
+    value_bits = _order_preserving_bits(sort_values).astype(np.uint64)
+    keys = (segment_ids.astype(np.uint64) << np.uint64(32)) | value_bits
+    return np.argsort(keys, kind="stable")
+
+
+def _is_sorted_by_segment_then_item(segment_ids: np.ndarray, item_ids: np.ndarray) -> bool:
+    if len(segment_ids) < 2:
+        return True
+    segment_steps = np.diff(segment_ids)
+    item_steps = np.diff(item_ids)
+    return bool(np.all((segment_steps > 0) | ((segment_steps == 0) & (item_steps > 0))))
+
+
+def _order_preserving_bits(values: np.ndarray) -> np.ndarray:
+    """Map float32 values to uint32 so that unsigned order equals numeric order.
+
+    -0.0 becomes 0.0 and every NaN becomes the positive quiet NaN, which maps above +inf.
+    """
+    canonical = np.where(np.isnan(values), np.float32(np.nan), values + np.float32(0.0))
+    bits = canonical.astype(np.float32).view(np.uint32)
+    is_negative = (bits >> np.uint32(31)).astype(np.bool_)
+    # Negative floats order backwards as integers, so all their bits are flipped. The others
+    # get the sign bit set, which puts them after every negative value.
+    return np.where(is_negative, ~bits, bits | np.uint32(0x80000000))
 
 
 def segmented_top_k(

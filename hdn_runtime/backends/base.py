@@ -36,8 +36,8 @@ class StageBackend(abc.ABC):
 
     Subclasses load the stage file in `__init__`, describe it through `input_specs` and
     `output_specs`, and implement `_run` and `_close`. The public `run` validates the batch and
-    answers an empty batch itself, because some runtimes reject zero-sized tensors and the
-    cascade produces them whenever a stage rejects every candidate.
+    returns empty outputs for an empty batch without calling `_run`, so no runtime has to handle
+    the zero-sized tensors that the cascade produces whenever a stage rejects every candidate.
 
     Use it as a context manager, or call `close()`, to release the session at a known point.
     """
@@ -75,7 +75,7 @@ class StageBackend(abc.ABC):
             RuntimeError: The backend was closed.
         """
         if self._is_closed:
-            raise RuntimeError(f"The backend for {self.path} is closed; load the model again.")
+            raise RuntimeError(f"The backend for {self.path} is closed. Load the model again.")
 
         expected_names = set(self.input_specs)
         if set(inputs) != expected_names:

@@ -43,7 +43,7 @@ def _import_onnxruntime(providers: Sequence[str]):
 
 
 class OnnxRuntimeBackend(StageBackend):
-    """Runs one stage file with ONNX Runtime.
+    """Stage backend that runs one stage file with ONNX Runtime.
 
     Args:
         path: The stage's `.onnx` file.
@@ -94,7 +94,7 @@ class OnnxRuntimeBackend(StageBackend):
             )
         except Exception as err:
             # onnxruntime's load errors (InvalidProtobuf, InvalidGraph, Fail, ...) share no
-            # base class below Exception.
+            # base class below Exception, as of onnxruntime 1.23.
             raise ModelFormatError(
                 f"ONNX Runtime cannot load stage file {self.path}: {err}. "
                 "Re-export the model with 'hdn export'."
@@ -123,7 +123,7 @@ class OnnxRuntimeBackend(StageBackend):
         return dict(zip(self._output_names, outputs))
 
     def _close(self) -> None:
-        # ONNX Runtime frees the session when the last reference goes.
+        # Dropping the last reference releases the ONNX Runtime session.
         del self._session
 
 

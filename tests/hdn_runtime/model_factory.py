@@ -25,6 +25,9 @@ from safetensors.numpy import save_file
 OPSET = 17
 IR_VERSION = 8
 DEFAULT_GAMMAS = (0.5, 0.75, 0.875)
+# Size of the session-wide `synthetic_model` fixture.
+NUM_USERS = 12
+NUM_ITEMS = 40
 _EXACT_FLOAT32_LIMIT = 2**24
 
 
@@ -319,7 +322,7 @@ def _batch_input(name: str, size: int) -> onnx.ValueInfoProto:
 
 
 def _pair_features(nodes: list, d: int, h: int, has_hidden_input: bool) -> tuple[list, str]:
-    """Append the nodes for x = u * v, or concat(u * v, hidden_in); return inputs and x's name."""
+    """Append the nodes computing x = u * v or concat(u * v, hidden_in), return inputs and x."""
     inputs = [_batch_input("user_emb", d), _batch_input("item_emb", d)]
     nodes.append(helper.make_node("Mul", ["user_emb", "item_emb"], ["product"]))
     if not has_hidden_input:

@@ -1,7 +1,7 @@
 """Cascade rules, compaction between stages, chunking and statistics, on scripted backends.
 
 The scripted backends compute decisions and scores from the item embedding, whose single
-column holds the item index, so every expected survivor set can be written down by hand.
+column contains the item index, so every expected survivor set can be written down by hand.
 """
 
 from __future__ import annotations

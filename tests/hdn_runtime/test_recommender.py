@@ -6,8 +6,9 @@ import logging
 
 import numpy as np
 import pytest
-from conftest import NUM_ITEMS, NUM_USERS
 from model_factory import (
+    NUM_ITEMS,
+    NUM_USERS,
     make_synthetic_model,
     reference_recommend,
     reject_everything,

@@ -109,3 +109,39 @@ def test_rank_within_segments_ascending():
     ranks = rank_within_segments(segment_ids, item_ids, values, 2)
 
     assert ranks.tolist() == [1, 0, 0, 1, 2]
+
+
+def test_sorted_and_shuffled_input_rank_alike():
+    # Input sorted by (segment, item) with float32 values takes the packed-key path, and a
+    # shuffled copy takes the lexsort path. Both must give each pair the same rank.
+    rng = np.random.default_rng(3)
+    num_pairs, num_segments = 2000, 13
+    special = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1e-45, -1e-45], dtype=np.float32)
+    values = rng.integers(-4, 5, num_pairs).astype(np.float32) / 2
+    is_special = rng.random(num_pairs) < 0.2
+    values[is_special] = rng.choice(special, size=int(is_special.sum()))
+    values[::17] = -0.0
+    values[::19] = np.nan
+    segment_ids = np.sort(rng.integers(0, num_segments, num_pairs))
+    item_ids = np.concatenate(
+        [
+            np.sort(rng.choice(10_000, size=count, replace=False))
+            for count in np.bincount(segment_ids, minlength=num_segments)
+        ]
+    )
+    shuffle = rng.permutation(num_pairs)
+
+    fast_ranks = rank_within_segments(segment_ids, item_ids, values, num_segments)
+    slow_ranks = rank_within_segments(
+        segment_ids[shuffle], item_ids[shuffle], values[shuffle], num_segments
+    )
+
+    np.testing.assert_array_equal(fast_ranks[shuffle], slow_ranks)
+
+
+def test_negative_zero_ties_with_zero():
+    segment_ids = np.zeros(2, dtype=np.int64)
+    item_ids = np.array([1, 2], dtype=np.int64)
+    values = np.array([0.0, -0.0], dtype=np.float32)
+
+    assert rank_within_segments(segment_ids, item_ids, values, 1).tolist() == [0, 1]

@@ -1,0 +1,78 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from hdn_train.config import TrainConfig
+from hdn_train.pipeline import load_run, train_all, write_run
+
+
+def test_run_directory_round_trip(trained_run):
+    run, run_dir = trained_run
+    loaded = load_run(run_dir)
+    assert loaded.user_ids == run.dataset.user_ids
+    assert loaded.item_ids == run.dataset.item_ids
+    np.testing.assert_array_equal(loaded.train.indices, run.train.indices)
+    np.testing.assert_array_equal(loaded.test.indptr, run.test.indptr)
+    for name, tensor in run.student.state_dict().items():
+        torch.testing.assert_close(loaded.student.state_dict()[name], tensor)
+
+
+def test_metrics_name_every_model_and_rejection(trained_run):
+    _, run_dir = trained_run
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for model in ("poprank", "mf", "neumf", "hdn"):
+        for key in ("ndcg@10", "hr@10", "recall@10", "ndcg@20", "hr@20", "recall@20"):
+            assert 0.0 <= metrics[model][key] <= 1.0, (model, key)
+    rejection = metrics["hdn"]["rejection"]
+    assert [entry["target"] for entry in rejection] == [0.5, 0.75, 0.875]
+    assert all(0.0 <= entry["actual"] <= 1.0 for entry in rejection)
+
+
+def test_training_repeats_under_seed(synthetic_csv, tiny_epochs):
+    config = TrainConfig(data=str(synthetic_csv), dim=4, hidden_dim=4, batch_size=64, **tiny_epochs)
+    first, second = train_all(config), train_all(config)
+    for name, tensor in first.student.state_dict().items():
+        torch.testing.assert_close(second.student.state_dict()[name], tensor, rtol=0, atol=0)
+    assert first.metrics["hdn"]["ndcg@20"] == second.metrics["hdn"]["ndcg@20"]
+
+
+def test_write_run_rejects_existing_directory(trained_run):
+    run, run_dir = trained_run
+    with pytest.raises(FileExistsError, match="already exists"):
+        write_run(run, run_dir)
+
+
+def test_load_run_detects_changed_file(trained_run, tmp_path):
+    run, _ = trained_run
+    run_dir = write_run(run, tmp_path / "run")
+    with open(run_dir / "metrics.json", "a") as handle:
+        handle.write(" ")
+    with pytest.raises(ValueError, match="metrics.json does not match the SHA-256"):
+        load_run(run_dir)
+
+
+def test_load_run_names_missing_directory(tmp_path):
+    with pytest.raises(FileNotFoundError, match="hdn train"):
+        load_run(tmp_path / "absent")
+
+
+def test_preset_split_needs_train_and_test_files(synthetic_csv, tiny_epochs):
+    config = TrainConfig(data=str(synthetic_csv), split="preset", **tiny_epochs)
+    with pytest.raises(ValueError, match="has no train/test files"):
+        train_all(config)
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"split": "random"}, "split must be"),
+        ({"test_share": 1.0}, "test_share"),
+        ({"student_epochs": 0}, "at least one epoch"),
+        ({"gammas": ()}, "gammas"),
+    ],
+)
+def test_config_rejects_bad_settings(settings, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**settings)
