@@ -25,7 +25,11 @@ NOISY_LOGGERS = ("onnx_ir", "onnxscript", "torch.onnx", "torch._dynamo", "torch.
 
 def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
     """Send log records to stderr; INFO by default, DEBUG with --verbose, WARNING with --quiet."""
-    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    level = logging.INFO
+    if verbose:
+        level = logging.DEBUG
+    elif quiet:
+        level = logging.WARNING
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
     )

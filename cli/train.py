@@ -28,6 +28,8 @@ def train(
         "file with user_id and item_id columns, or a folder with train.txt and test.txt."
     ),
     out: Path = typer.Option(..., help="Run directory to create."),
+    user_col: str = typer.Option("user_id", help="User column of a CSV or TSV header."),
+    item_col: str = typer.Option("item_id", help="Item column of a CSV or TSV header."),
     split: str = typer.Option("paper", help="paper: seeded 20% per user; preset: the "
                               "folder's train.txt/test.txt."),
     seed: int = typer.Option(0, help="Seed for the split, initialisation and sampling."),
@@ -61,7 +63,7 @@ def train(
         data=data, split=split, seed=seed, gammas=parse_floats(gammas, "--gammas"), dim=dim,
         negatives=negatives, learning_rate=learning_rate, batch_size=batch_size,
         mf_epochs=mf_epochs, pretrain_epochs=pretrain_epochs, teacher_epochs=teacher_epochs,
-        student_epochs=student_epochs, threads=threads,
+        student_epochs=student_epochs, threads=threads, user_col=user_col, item_col=item_col,
     )
     console = Console(stderr=True)
     progress = Progress(

@@ -31,6 +31,8 @@ class TrainConfig:
         student_epochs: Epochs of HDN distillation.
         ks: Cut-offs K of the reported metrics.
         threads: Torch intra-op threads; 0 keeps torch's default.
+        user_col: Header name of the user column when `data` is a CSV or TSV file.
+        item_col: Header name of the item column when `data` is a CSV or TSV file.
     """
 
     data: str = "ml-100k"
@@ -50,6 +52,8 @@ class TrainConfig:
     student_epochs: int = 10
     ks: tuple[int, ...] = (10, 20)
     threads: int = 0
+    user_col: str = "user_id"
+    item_col: str = "item_id"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

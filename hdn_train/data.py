@@ -403,7 +403,10 @@ def read_table(
     for column in (user_col, item_col):
         if column not in header:
             problem = f"no column named {column!r} in the header, whose columns are {header}"
-            hint = f"{expected}. Pass user_col= and item_col= with names from the header"
+            hint = (
+                f"{expected}. Name the columns from the header with --user-col and --item-col "
+                "(user_col= and item_col= in Python)"
+            )
             raise DataFormatError(path, problem, hint, 1, header_line)
     user_position = header.index(user_col)
     item_position = header.index(item_col)
@@ -504,11 +507,12 @@ def read_adjacency(directory: str | Path, name: str | None = None) -> Dataset:
     return Dataset(name, interactions, user_ids, item_ids, preset_split=(train, test))
 
 
-def read_path(path: str | Path) -> Dataset:
+def read_path(path: str | Path, user_col: str = "user_id", item_col: str = "item_id") -> Dataset:
     """Read a data file or folder, choosing the reader from its layout.
 
     A folder with `train.txt` is read as adjacency lists, otherwise a folder with `u.data` or
     `ratings.dat` as MovieLens. A file is read by its name: `u.data`, `*.dat`, `*.csv`, `*.tsv`.
+    `user_col` and `item_col` name the header columns of a CSV or TSV file.
 
     Raises:
         FileNotFoundError: The path does not exist, or a folder contains no known data file.
@@ -533,7 +537,7 @@ def read_path(path: str | Path) -> Dataset:
     if suffix == ".dat":
         return read_ratings_dat(path)
     if suffix in (".csv", ".tsv"):
-        return read_table(path)
+        return read_table(path, user_col=user_col, item_col=item_col)
     raise ValueError(f"Cannot tell the layout of {path}. Accepted layouts: {ACCEPTED_LAYOUTS}.")
 
 
@@ -648,7 +652,12 @@ def _extract_archive(archive: Path, member: str, folder: Path) -> None:
             os.replace(path, target)
 
 
-def load_dataset(name_or_path: str, data_home: str | Path | None = None) -> Dataset:
+def load_dataset(
+    name_or_path: str,
+    data_home: str | Path | None = None,
+    user_col: str = "user_id",
+    item_col: str = "item_id",
+) -> Dataset:
     """Load a named data set from the data home, downloading it if needed, or read a path.
 
     Names are the keys of `DOWNLOADS` ("ml-100k", "ml-1m") and take precedence over a path of
@@ -659,6 +668,8 @@ def load_dataset(name_or_path: str, data_home: str | Path | None = None) -> Data
     Args:
         name_or_path: A data set name, or a data file or folder.
         data_home: Folder of named data sets; see `resolve_data_home` for the default.
+        user_col: Header name of the user column of a CSV or TSV file.
+        item_col: Header name of the item column of a CSV or TSV file.
 
     Raises:
         FileNotFoundError: The argument is neither a known name nor an existing path.
@@ -679,7 +690,7 @@ def load_dataset(name_or_path: str, data_home: str | Path | None = None) -> Data
             f"{name_or_path!r} is neither a known data set name ({', '.join(DOWNLOADS)}) nor an "
             f"existing path. Accepted layouts: {ACCEPTED_LAYOUTS}."
         )
-    return read_path(path)
+    return read_path(path, user_col=user_col, item_col=item_col)
 
 
 # ----------------------------------------------------------------------------- evaluation split

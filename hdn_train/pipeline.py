@@ -42,7 +42,7 @@ MONITOR_USERS = 500
 
 @dataclass
 class TrainedRun:
-    """What a run produced, in memory; the same objects the run directory stores."""
+    """Models, split and metrics of a finished run in memory, the objects a run directory stores."""
 
     config: TrainConfig
     dataset: Dataset
@@ -110,7 +110,7 @@ def train_all(config: TrainConfig, on_step: ProgressCallback | None = None) -> T
     """Train PopRank, MF, the NeuMF teacher and the HDN student, then evaluate each of them."""
     if config.threads > 0:
         torch.set_num_threads(config.threads)
-    dataset = load_dataset(config.data)
+    dataset = load_dataset(config.data, user_col=config.user_col, item_col=config.item_col)
     train, test = split_dataset(dataset, config)
     logger.info(
         "Data %s: %d users, %d items, %d train and %d test interactions",
@@ -180,14 +180,14 @@ def evaluate_models(
 
     all_users = np.arange(train.n_users)
     cumulative, per_module = rejection_shares(student, all_users)
-    kept = keep_counts(train.n_items, config.gammas)
+    keep_ranks = keep_counts(train.n_items, config.gammas)
     metrics["hdn"]["rejection"] = [
         {
             "module": index + 1,
             "target": config.gammas[index],
             "actual": round(float(cumulative[index]), 4),
             "module_share": round(float(per_module[index]), 4),
-            "threshold_rank": kept[index],
+            "threshold_rank": keep_ranks[index],
         }
         for index in range(len(config.gammas))
     ]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job on MovieLens-100K: train PopRank, MF, the NeuMF teacher and the HDN student with
-# the paper's settings (N = 3, d = 32, gammas 0.5/0.75/0.875, 5 negatives, Adam 0.001, batch
-# 512) and fewer epochs, then evaluate, export to ONNX and recommend through the runtime.
+# N = 3, d = 32, gammas 0.5/0.75/0.875, 5 negatives, Adam 0.001 and batch 512 (the settings of
+# the HDN experiments) but fewer epochs, then evaluate, export to ONNX and recommend.
 # Outputs go to $HDN_OUT (default runs/ml-100k); an earlier output there is replaced.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"

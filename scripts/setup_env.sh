@@ -20,8 +20,8 @@ if ! "$venv/bin/python" -c "import hdn_train, onnxruntime, torchmetrics, typer" 
     touch "$venv/.hdn-installed"
 fi
 
-# Data sets resolve in HDN_DATA_HOME; a ../shared/data checkout beside the repository holds
-# MovieLens already, which saves the download.
+# Data sets resolve in HDN_DATA_HOME. A ../shared/data folder beside the repository contains
+# MovieLens already, so pointing there saves the download.
 if [ -z "${HDN_DATA_HOME:-}" ] && [ -d "$repo/../shared/data" ]; then
     export HDN_DATA_HOME="$(cd "$repo/../shared/data" && pwd)"
 fi
