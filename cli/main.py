@@ -66,12 +66,13 @@ def _debug_requested() -> bool:
 
 
 def _register_commands() -> None:
-    from cli import evaluate, export, recommend, train
+    from cli import evaluate, experiment, export, recommend, train
 
     app.command("train")(reports_errors(train.train))
     app.command("evaluate")(reports_errors(evaluate.evaluate))
     app.command("export")(reports_errors(export.export))
     app.command("recommend")(reports_errors(recommend.recommend))
+    app.command("experiment")(reports_errors(experiment.experiment))
 
 
 _register_commands()

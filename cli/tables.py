@@ -9,9 +9,16 @@ from rich.table import Table
 MODEL_LABELS = {
     "poprank": "PopRank",
     "mf": "MF",
+    "two-stage": "MF top-100 + teacher",
     "neumf": "NeuMF (teacher)",
+    "convncf": "ConvNCF (teacher)",
+    "als": "ALS (teacher)",
+    "mf-student": "MF student",
     "hdn": "HDN",
-    "hdn_no_rejection": "HDN, no rejection",
+    "hdn-nr": "HDN, no rejection",
+    "hdn-nd": "HDN-nd",
+    "hdn-nr-": "HDN-nr-",
+    "hdn-nr-nd": "HDN-nr-nd",
 }
 
 

@@ -35,6 +35,11 @@ def train(
     seed: int = typer.Option(0, help="Seed for the split, initialisation and sampling."),
     gammas: str = typer.Option("0.5,0.75,0.875", help="Rejection ratio of each decision "
                                "module: share of the catalogue rejected once it has decided."),
+    teacher: str = typer.Option("neumf", help="Teacher to distil from: neumf, convncf or als."),
+    also: str = typer.Option(
+        "", help="Comma-separated extra models to train and evaluate: mf-student, two-stage, "
+        "hdn-nd, hdn-nr-, hdn-nr-nd."
+    ),
     dim: int = typer.Option(32, help="Embedding width of every model."),
     negatives: int = typer.Option(5, help="Sampled negatives per training positive."),
     learning_rate: float = typer.Option(0.001, help="Adam learning rate."),
@@ -42,7 +47,10 @@ def train(
     mf_epochs: int = typer.Option(10, help="Epochs of the MF baseline."),
     pretrain_epochs: int = typer.Option(5, help="Epochs of GMF and of MLP pre-training each "
                                         "(0: train NeuMF from scratch)."),
-    teacher_epochs: int = typer.Option(5, help="Epochs of NeuMF after pre-training."),
+    teacher_epochs: int = typer.Option(5, help="Epochs of NeuMF after pre-training, or of "
+                                       "ConvNCF's BPR training."),
+    convncf_pretrain_epochs: int = typer.Option(10, help="Epochs of MF-BPR that initialise "
+                                                "ConvNCF's embeddings."),
     student_epochs: int = typer.Option(10, help="Epochs of HDN distillation."),
     threads: int = typer.Option(0, help="Torch CPU threads (0: torch's default)."),
     overwrite: bool = typer.Option(False, help="Replace an existing run directory."),
@@ -62,6 +70,9 @@ def train(
     config = TrainConfig(
         data=data, split=split, seed=seed, gammas=parse_floats(gammas, "--gammas"), dim=dim,
         negatives=negatives, learning_rate=learning_rate, batch_size=batch_size,
+        teacher=teacher,
+        extra_models=tuple(name.strip() for name in also.split(",") if name.strip()),
+        convncf_pretrain_epochs=convncf_pretrain_epochs,
         mf_epochs=mf_epochs, pretrain_epochs=pretrain_epochs, teacher_epochs=teacher_epochs,
         student_epochs=student_epochs, threads=threads, user_col=user_col, item_col=item_col,
     )

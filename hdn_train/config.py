@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from hdn_train.variants import check_teacher_kind
+
+EXTRA_MODELS = ("mf-student", "two-stage", "hdn-nd", "hdn-nr-", "hdn-nr-nd")
+
 
 @dataclass
 class TrainConfig:
@@ -24,10 +28,14 @@ class TrainConfig:
         negatives: Sampled negatives per training positive.
         learning_rate: Adam learning rate for every model.
         batch_size: Sampled pairs per optimiser step.
+        teacher: Teacher kind: neumf, convncf or als.
+        extra_models: Further models to train and evaluate beside the HDN: mf-student,
+            two-stage, hdn-nd, hdn-nr-, hdn-nr-nd.
         mf_epochs: Epochs of the MF baseline.
         pretrain_epochs: Epochs of GMF and of MLP pre-training each; 0 trains NeuMF from
             scratch.
-        teacher_epochs: Epochs of NeuMF after pre-training.
+        teacher_epochs: Epochs of NeuMF after pre-training, or of ConvNCF's BPR training.
+        convncf_pretrain_epochs: Epochs of MF-BPR that initialise ConvNCF's embeddings.
         student_epochs: Epochs of HDN distillation.
         ks: Cut-offs K of the reported metrics.
         threads: Torch intra-op threads; 0 keeps torch's default.
@@ -46,9 +54,12 @@ class TrainConfig:
     negatives: int = 5
     learning_rate: float = 1e-3
     batch_size: int = 512
+    teacher: str = "neumf"
+    extra_models: tuple[str, ...] = ()
     mf_epochs: int = 10
     pretrain_epochs: int = 5
     teacher_epochs: int = 5
+    convncf_pretrain_epochs: int = 10
     student_epochs: int = 10
     ks: tuple[int, ...] = (10, 20)
     threads: int = 0
@@ -67,7 +78,8 @@ class TrainConfig:
         for name in ("mf_epochs", "pretrain_epochs", "teacher_epochs", "student_epochs"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}.")
-        if self.teacher_epochs + self.pretrain_epochs == 0 or self.student_epochs == 0:
+        teacher_untrained = self.teacher != "als" and self.teacher_epochs + self.pretrain_epochs == 0
+        if teacher_untrained or self.student_epochs == 0:
             raise ValueError(
                 "The teacher and the student each need at least one epoch; got "
                 f"pretrain_epochs={self.pretrain_epochs}, teacher_epochs={self.teacher_epochs}, "
@@ -78,11 +90,18 @@ class TrainConfig:
         self.mlp_layers = tuple(int(width) for width in self.mlp_layers)
         self.gammas = tuple(float(gamma) for gamma in self.gammas)
         self.ks = tuple(int(k) for k in self.ks)
+        self.extra_models = tuple(self.extra_models)
+        check_teacher_kind(self.teacher)
+        for model in self.extra_models:
+            if model not in EXTRA_MODELS:
+                raise ValueError(
+                    f"Unknown extra model {model!r}. Valid extra models: {', '.join(EXTRA_MODELS)}."
+                )
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
         payload = asdict(self)
-        for name in ("mlp_layers", "gammas", "ks"):
+        for name in ("mlp_layers", "gammas", "ks", "extra_models"):
             payload[name] = list(payload[name])
         return payload
 

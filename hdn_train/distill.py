@@ -12,9 +12,10 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from hdn_train.interactions import InteractionMatrix
-from hdn_train.losses import decision_hinge_loss, score_distillation_loss
+from hdn_train.losses import decision_hinge_loss
 from hdn_train.models.hdn import HDN
 from hdn_train.sampling import training_pairs
 from hdn_train.teachers import FitOptions, ProgressCallback
@@ -106,20 +107,26 @@ def rejection_shares(model: HDN, users: np.ndarray) -> tuple[np.ndarray, np.ndar
     return cumulative, per_module
 
 
+DECISION_TARGETS = ("teacher", "implicit", "none")
+SCORE_TARGETS = ("teacher", "implicit")
+
+
 def distill_hdn(
     model: HDN,
     train: InteractionMatrix,
-    teacher_scores: np.ndarray,
+    teacher_scores: np.ndarray | None,
     gammas: Sequence[float],
     options: FitOptions,
     rng: np.random.Generator,
     monitor_users: np.ndarray | None = None,
     on_step: ProgressCallback | None = None,
+    decision_targets: str = "teacher",
+    score_target: str = "teacher",
 ) -> list[dict]:
     """Train `model` to match the teacher's scores and its per-user rejection thresholds.
 
     Loss per sampled pair: score BCE against sigmoid(teacher) plus one hinge loss per decision
-    module, with targets from `user_thresholds`. Every training positive is paired with
+    module, with targets from `user_thresholds` (the defaults; the ablations swap the targets). Every training positive is paired with
     `options.negatives` sampled negatives per epoch.
 
     Args:
@@ -132,26 +139,51 @@ def distill_hdn(
         monitor_users: Users on whom the actual rejection shares are measured after each
             epoch; None skips the measurement.
         on_step: Progress callback.
+        decision_targets: "teacher" distils the per-user thresholds (HDN); "implicit" trains
+            each decision to keep positives and reject sampled negatives (the HDN-nd and
+            HDN-nr- ablations); "none" leaves the decisions untrained (HDN-nr-nd).
+        score_target: "teacher" matches sigmoid(teacher score); "implicit" fits the 0/1 labels
+            of the sampled pairs, with no teacher (HDN-nr-nd).
 
     Returns:
         One record per epoch: losses, seconds and, with monitor users, the rejection shares.
     """
+    if decision_targets not in DECISION_TARGETS:
+        raise ValueError(
+            f"decision_targets must be one of {DECISION_TARGETS}, got {decision_targets!r}."
+        )
+    if score_target not in SCORE_TARGETS:
+        raise ValueError(f"score_target must be one of {SCORE_TARGETS}, got {score_target!r}.")
+    needs_teacher = decision_targets == "teacher" or score_target == "teacher"
+    if needs_teacher and teacher_scores is None:
+        raise ValueError(
+            "teacher_scores is None, but the decision or score targets come from the teacher. "
+            "Pass the teacher's score matrix, or use implicit targets."
+        )
     if len(gammas) != model.num_decisions:
         raise ValueError(
             f"Got {len(gammas)} rejection ratios for a student with {model.num_decisions} "
             "decision modules. Pass one gamma per module."
         )
-    thresholds = user_thresholds(teacher_scores, gammas)
+    thresholds = user_thresholds(teacher_scores, gammas) if decision_targets == "teacher" else None
     optimizer = torch.optim.Adam(model.parameters(), lr=options.learning_rate)
     history = []
 
     for epoch in range(options.epochs):
         started = time.perf_counter()
-        users, items, _ = training_pairs(train, options.negatives, rng)
-        pair_teacher = teacher_scores[users, items]
-        targets = rejection_targets(pair_teacher, thresholds[users])
+        users, items, labels = training_pairs(train, options.negatives, rng)
+        if score_target == "teacher":
+            score_labels = torch.sigmoid(torch.from_numpy(teacher_scores[users, items]))
+        else:
+            score_labels = torch.from_numpy(labels)
+        if decision_targets == "teacher":
+            targets = rejection_targets(teacher_scores[users, items], thresholds[users])
+        else:
+            # Implicit labels: keep (-1) the positives, reject (+1) the sampled negatives.
+            column = np.where(labels > 0, -1.0, 1.0).astype(np.float32)
+            targets = np.repeat(column[:, None], model.num_decisions, axis=1)
         users_t, items_t = torch.from_numpy(users), torch.from_numpy(items)
-        teacher_t, targets_t = torch.from_numpy(pair_teacher), torch.from_numpy(targets)
+        targets_t = torch.from_numpy(targets)
         num_steps = (len(users) + options.batch_size - 1) // options.batch_size
 
         model.train()
@@ -159,8 +191,11 @@ def distill_hdn(
         for step in range(num_steps):
             batch = slice(step * options.batch_size, (step + 1) * options.batch_size)
             decisions, scores = model(users_t[batch], items_t[batch])
-            score_loss = score_distillation_loss(scores, teacher_t[batch])
-            hinge_loss = decision_hinge_loss(decisions, targets_t[batch])
+            score_loss = F.binary_cross_entropy_with_logits(scores, score_labels[batch])
+            if decision_targets == "none":
+                hinge_loss = torch.zeros(())
+            else:
+                hinge_loss = decision_hinge_loss(decisions, targets_t[batch])
             loss = score_loss + hinge_loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -186,5 +221,49 @@ def distill_hdn(
             "hdn epoch %d/%d: score loss %.4f, hinge loss %.4f, rejection %s in %.1fs",
             epoch + 1, options.epochs, record["score_loss"], record["hinge_loss"],
             record.get("rejection_share"), record["seconds"],
+        )
+    return history
+
+
+def distill_dot_product(
+    model: torch.nn.Module,
+    train: InteractionMatrix,
+    teacher_scores: np.ndarray,
+    options: FitOptions,
+    rng: np.random.Generator,
+    on_step: ProgressCallback | None = None,
+) -> list[dict]:
+    """Train a dot-product student (the MF student) on sigmoid(teacher) with cross-entropy.
+
+    Pairs are sampled as for HDN, so the two students see the same teacher signal.
+
+    Returns:
+        One record per epoch with the mean score loss and the seconds it took.
+    """
+    optimizer = torch.optim.Adam(model.parameters(), lr=options.learning_rate)
+    history = []
+    for epoch in range(options.epochs):
+        started = time.perf_counter()
+        users, items, _ = training_pairs(train, options.negatives, rng)
+        soft_labels = torch.sigmoid(torch.from_numpy(teacher_scores[users, items]))
+        users_t, items_t = torch.from_numpy(users), torch.from_numpy(items)
+        num_steps = (len(users) + options.batch_size - 1) // options.batch_size
+
+        model.train()
+        total = 0.0
+        for step in range(num_steps):
+            batch = slice(step * options.batch_size, (step + 1) * options.batch_size)
+            logits = model(users_t[batch], items_t[batch])
+            loss = F.binary_cross_entropy_with_logits(logits, soft_labels[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item()
+            if on_step is not None:
+                on_step("mf-student", epoch * num_steps + step + 1, options.epochs * num_steps)
+        model.eval()
+        history.append(
+            {"epoch": epoch + 1, "score_loss": total / num_steps,
+             "seconds": time.perf_counter() - started}
         )
     return history

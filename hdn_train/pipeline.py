@@ -6,7 +6,7 @@ Run directory layout (format `hdn-run`, version 1), the contract `hdn_export` re
     user_ids.json         external id of each dense user index
     item_ids.json         external id of each dense item index
     split.safetensors     train_indptr, train_indices, test_indptr, test_indices (CSR, int64)
-    models/mf.safetensors, models/neumf.safetensors, models/hdn.safetensors
+    models/mf.safetensors, models/teacher.safetensors (NeuMF, ConvNCF or ALS), models/hdn.safetensors
     metrics.json          model name -> {"ndcg@20": ..., ...}, plus the HDN rejection shares
     history.json          per-epoch losses and times of every model
     manifest.json         every file above with its size and SHA-256
@@ -26,19 +26,23 @@ import torch
 from hdn_train import checkpoint
 from hdn_train.config import TrainConfig
 from hdn_train.data import Dataset, load_dataset, paper_split
-from hdn_train.distill import distill_hdn, keep_counts, rejection_shares, teacher_score_matrix
+from hdn_train.distill import keep_counts, rejection_shares
 from hdn_train.evaluate import dense_scorer, evaluate_ranking, hdn_scorer
+from hdn_train.experiment import (
+    ExperimentConfig,
+    Workspace,
+    grid_cells,
+    load_teacher,
+    run_cell,
+    save_teacher,
+)
 from hdn_train.interactions import InteractionMatrix
 from hdn_train.models.baselines import MatrixFactorization, PopRank
 from hdn_train.models.hdn import HDN
-from hdn_train.models.neumf import GMF, MLP, NeuMF
-from hdn_train.teachers import FitOptions, ProgressCallback, fit_pointwise
+from hdn_train.teachers import ProgressCallback, Teacher
+from hdn_train.variants import TEACHER_MODEL
 
 logger = logging.getLogger(__name__)
-
-MONITOR_USERS = 500
-"""Users on whom the rejection shares are measured after each distillation epoch."""
-
 
 @dataclass
 class TrainedRun:
@@ -49,7 +53,7 @@ class TrainedRun:
     train: InteractionMatrix
     test: InteractionMatrix
     mf: MatrixFactorization
-    teacher: NeuMF
+    teacher: Teacher
     student: HDN
     metrics: dict
     history: dict
@@ -67,47 +71,37 @@ def split_dataset(dataset: Dataset, config: TrainConfig) -> tuple[InteractionMat
     return paper_split(dataset.interactions, config.test_share, config.seed)
 
 
-def _torch_scores(model: torch.nn.Module):
-    def score_all(users: np.ndarray) -> np.ndarray:
-        return model.score_all(torch.from_numpy(np.asarray(users, np.int64))).numpy()
-
-    return score_all
-
-
-def _seeded(config: TrainConfig, offset: int) -> np.random.Generator:
-    # Separate streams per model, so changing one model's epochs leaves the others unchanged.
-    torch.manual_seed(config.seed * 1000 + offset)
-    return np.random.default_rng([config.seed, offset])
-
-
-def train_teacher(
-    config: TrainConfig, train: InteractionMatrix, on_step: ProgressCallback | None
-) -> tuple[NeuMF, dict]:
-    """Train NeuMF, from GMF and MLP pre-training when `pretrain_epochs` > 0."""
-    num_users, num_items = train.n_users, train.n_items
-    options = FitOptions(
-        epochs=config.pretrain_epochs,
-        batch_size=config.batch_size,
-        learning_rate=config.learning_rate,
+def experiment_settings(config: TrainConfig) -> ExperimentConfig:
+    """Express a run's settings as a one-cell experiment, which trains every model kind."""
+    return ExperimentConfig(
+        datasets=[config.data],
+        teachers=[config.teacher],
+        models=["poprank", "mf", "teacher", "hdn", "hdn-nr", *config.extra_models],
+        gamma_settings=[list(config.gammas)],
+        seeds=[config.seed],
+        ks=list(config.ks),
+        dim=config.dim,
+        hidden_dim=config.hidden_dim,
+        mlp_layers=list(config.mlp_layers),
         negatives=config.negatives,
+        learning_rate=config.learning_rate,
+        batch_size=config.batch_size,
+        mf_epochs=config.mf_epochs,
+        pretrain_epochs=config.pretrain_epochs,
+        neumf_epochs=config.teacher_epochs,
+        convncf_pretrain_epochs=config.convncf_pretrain_epochs,
+        convncf_epochs=config.teacher_epochs,
+        student_epochs=config.student_epochs,
+        threads=config.threads,
     )
-    history: dict = {}
-    rng = _seeded(config, 2)
-    teacher = NeuMF(num_users, num_items, config.dim, config.mlp_layers)
-    if config.pretrain_epochs > 0:
-        gmf = GMF(num_users, num_items, config.dim)
-        history["gmf"] = fit_pointwise(gmf, train, options, rng, "gmf", on_step)
-        mlp = MLP(num_users, num_items, config.mlp_layers)
-        history["mlp"] = fit_pointwise(mlp, train, options, rng, "mlp", on_step)
-        teacher.load_pretrained(gmf, mlp)
-
-    options.epochs = config.teacher_epochs
-    history["neumf"] = fit_pointwise(teacher, train, options, rng, "neumf", on_step)
-    return teacher, history
 
 
 def train_all(config: TrainConfig, on_step: ProgressCallback | None = None) -> TrainedRun:
-    """Train PopRank, MF, the NeuMF teacher and the HDN student, then evaluate each of them."""
+    """Train PopRank, MF, the teacher, the HDN student and any extra models, then evaluate them.
+
+    Metrics are keyed by model name: `poprank`, `mf`, the teacher kind (`neumf`, `convncf` or
+    `als`), `hdn`, `hdn-nr` (the same network without rejection) and each extra model.
+    """
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     dataset = load_dataset(config.data, user_col=config.user_col, item_col=config.item_col)
@@ -116,44 +110,31 @@ def train_all(config: TrainConfig, on_step: ProgressCallback | None = None) -> T
         "Data %s: %d users, %d items, %d train and %d test interactions",
         dataset.name, train.n_users, train.n_items, train.nnz, test.nnz,
     )
-    options = FitOptions(
-        epochs=config.mf_epochs,
-        batch_size=config.batch_size,
-        learning_rate=config.learning_rate,
-        negatives=config.negatives,
-    )
+    settings = experiment_settings(config)
+    workspace = Workspace(settings, None, config.data, config.seed, (train, test), on_step)
+
+    metrics: dict = {}
     history: dict = {}
-    seconds: dict[str, float] = {}
+    gammas = tuple(config.gammas)
+    for cell in grid_cells(settings):
+        result = run_cell(workspace, cell)
+        name = config.teacher if cell.model == TEACHER_MODEL else cell.model
+        metrics[name] = {**result["metrics"], "train_seconds": result["train_seconds"]}
+        if "rejection" in result:
+            metrics[name]["rejection"] = result["rejection"]
+        if "history" in result:
+            history[name] = result["history"]
+        logger.info("%s: ndcg@20 %.4f", name, metrics[name].get("ndcg@20", float("nan")))
 
-    started = time.perf_counter()
-    mf_rng = _seeded(config, 1)
-    mf = MatrixFactorization(train.n_users, train.n_items, config.dim)
-    history["mf"] = fit_pointwise(mf, train, options, mf_rng, "mf", on_step)
-    seconds["mf"] = time.perf_counter() - started
-
-    started = time.perf_counter()
-    teacher, teacher_history = train_teacher(config, train, on_step)
-    history.update(teacher_history)
-    seconds["neumf"] = time.perf_counter() - started
-
-    started = time.perf_counter()
-    teacher_scores = teacher_score_matrix(_torch_scores(teacher), train.n_users)
-    student_rng = _seeded(config, 3)
-    student = HDN(train.n_users, train.n_items, config.dim, config.hidden_dim, len(config.gammas))
-    monitor = np.sort(
-        student_rng.choice(train.n_users, min(MONITOR_USERS, train.n_users), replace=False)
+    teacher, record = workspace.teacher(config.teacher)
+    history["teacher"] = record.get("history")
+    student, _, _ = workspace.student(config.teacher, "hdn", gammas)
+    keep_ranks = keep_counts(train.n_items, config.gammas)
+    for entry, rank in zip(metrics["hdn"]["rejection"], keep_ranks):
+        entry["threshold_rank"] = rank
+    return TrainedRun(
+        config, dataset, train, test, workspace.mf(), teacher, student, metrics, history
     )
-    options.epochs = config.student_epochs
-    history["hdn"] = distill_hdn(
-        student, train, teacher_scores, config.gammas, options, student_rng, monitor, on_step
-    )
-    seconds["hdn"] = time.perf_counter() - started
-    del teacher_scores
-
-    metrics = evaluate_models(config, train, test, mf, teacher, student)
-    for name, value in seconds.items():
-        metrics[name]["train_seconds"] = round(value, 2)
-    return TrainedRun(config, dataset, train, test, mf, teacher, student, metrics, history)
 
 
 def evaluate_models(
@@ -161,25 +142,22 @@ def evaluate_models(
     train: InteractionMatrix,
     test: InteractionMatrix,
     mf: MatrixFactorization,
-    teacher: NeuMF,
+    teacher: Teacher,
     student: HDN,
 ) -> dict:
-    """Return `{model name: metrics}` for PopRank, MF, NeuMF, HDN and HDN without rejection."""
+    """Re-evaluate saved models: PopRank, MF, the teacher, HDN and HDN without rejection."""
     logger.info("Evaluating on %d test users", int((test.row_lengths() > 0).sum()))
-    popularity = PopRank(train)
     scorers = {
-        "poprank": dense_scorer(popularity.score_users),
-        "mf": dense_scorer(_torch_scores(mf)),
-        "neumf": dense_scorer(_torch_scores(teacher)),
-        "hdn": hdn_scorer(student, reject=True),
-        "hdn_no_rejection": hdn_scorer(student, reject=False),
+        "poprank": dense_scorer(PopRank(train).score_users),
+        "mf": dense_scorer(lambda users: mf.score_all(torch.from_numpy(users)).numpy()),
+        config.teacher: dense_scorer(teacher.score_users),
+        "hdn": hdn_scorer(student, "sign"),
+        "hdn-nr": hdn_scorer(student, "none"),
     }
     metrics = {
         name: evaluate_ranking(scorer, train, test, config.ks) for name, scorer in scorers.items()
     }
-
-    all_users = np.arange(train.n_users)
-    cumulative, per_module = rejection_shares(student, all_users)
+    cumulative, per_module = rejection_shares(student, np.arange(train.n_users))
     keep_ranks = keep_counts(train.n_items, config.gammas)
     metrics["hdn"]["rejection"] = [
         {
@@ -209,13 +187,13 @@ def write_run(run: TrainedRun, out_dir: str | Path, overwrite: bool = False) -> 
             },
         )
         checkpoint.save_weights(staging / "models" / "mf.safetensors", run.mf)
-        checkpoint.save_weights(staging / "models" / "neumf.safetensors", run.teacher)
+        save_teacher(run.teacher, staging / "models" / "teacher.safetensors")
         checkpoint.save_weights(staging / "models" / "hdn.safetensors", run.student)
         checkpoint.write_json(staging / "metrics.json", run.metrics)
         checkpoint.write_json(staging / "history.json", run.history)
         files = [
             "config.json", "user_ids.json", "item_ids.json", "split.safetensors",
-            "models/mf.safetensors", "models/neumf.safetensors", "models/hdn.safetensors",
+            "models/mf.safetensors", "models/teacher.safetensors", "models/hdn.safetensors",
             "metrics.json", "history.json",
         ]
         checkpoint.write_file_manifest(
@@ -246,7 +224,7 @@ class LoadedRun:
     train: InteractionMatrix
     test: InteractionMatrix
     mf: MatrixFactorization
-    teacher: NeuMF
+    teacher: Teacher
     student: HDN
     metrics: dict
 
@@ -300,8 +278,8 @@ def load_run(run_dir: str | Path, verify: bool = True) -> LoadedRun:
     mf = checkpoint.load_weights(
         models / "mf.safetensors", MatrixFactorization(num_users, num_items, config.dim)
     )
-    teacher = checkpoint.load_weights(
-        models / "neumf.safetensors", NeuMF(num_users, num_items, config.dim, config.mlp_layers)
+    teacher = load_teacher(
+        config.teacher, models / "teacher.safetensors", num_users, num_items, config
     )
     student = checkpoint.load_weights(
         models / "hdn.safetensors",

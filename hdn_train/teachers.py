@@ -9,6 +9,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -86,3 +87,53 @@ def fit_pointwise(
             phase, epoch + 1, options.epochs, total_loss / num_steps, seconds,
         )
     return history
+
+
+class Teacher(Protocol):
+    """Any model that scores user-item pairs can teach an HDN, black boxes included.
+
+    Scores are logits or any real-valued relevance: distillation ranks them per user for the
+    decision targets and passes them through a sigmoid for the score target.
+    """
+
+    num_items: int
+
+    def score_pairs(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Return float32 scores of shape (P,) for int64 index arrays of shape (P,)."""
+        ...
+
+    def score_users(self, users: np.ndarray) -> np.ndarray:
+        """Return float32 scores of shape (len(users), num_items) for every item."""
+        ...
+
+
+class TorchTeacher:
+    """Adapter from a PyTorch model with `forward(users, items)` and `score_all(users)`.
+
+    Args:
+        model: The trained network; it is put in eval mode.
+        batch_pairs: Upper bound on pairs scored per forward call.
+    """
+
+    def __init__(self, model: nn.Module, batch_pairs: int = 1 << 18) -> None:
+        self.model = model.eval()
+        self.batch_pairs = batch_pairs
+        self.num_items = int(model.score_all(torch.zeros(1, dtype=torch.int64)).shape[1])
+
+    @torch.no_grad()
+    def score_pairs(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        users_t = torch.from_numpy(np.asarray(users, np.int64))
+        items_t = torch.from_numpy(np.asarray(items, np.int64))
+        chunks = [
+            self.model(users_t[start : start + self.batch_pairs],
+                       items_t[start : start + self.batch_pairs])
+            for start in range(0, len(users_t), self.batch_pairs)
+        ]
+        if not chunks:
+            return np.zeros(0, np.float32)
+        return torch.cat(chunks).numpy().astype(np.float32, copy=False)
+
+    @torch.no_grad()
+    def score_users(self, users: np.ndarray) -> np.ndarray:
+        scores = self.model.score_all(torch.from_numpy(np.asarray(users, np.int64)))
+        return scores.numpy().astype(np.float32, copy=False)

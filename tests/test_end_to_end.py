@@ -64,3 +64,19 @@ def test_runtime_may_return_seen_items_when_asked(movielens_model):
         items, _, counts = recommender.recommend_indices(np.array([heavy_user]), 50, False)
     expected, _ = cascade_top_k(run.student, np.array([heavy_user]), 50, None)
     np.testing.assert_array_equal(items[0, : counts[0]], expected[0, : counts[0]])
+
+
+def test_runtime_quota_rule_equals_torch(movielens_model):
+    run, model_dir = movielens_model
+    users = np.sort(np.random.default_rng(1).choice(run.train.n_users, 50, replace=False))
+    gammas = run.config.gammas
+    expected_items, expected_scores = cascade_top_k(
+        run.student, users, 20, run.train, rule="quota", gammas=gammas
+    )
+    with Recommender.load(model_dir, rule="quota") as recommender:
+        items, scores, counts = recommender.recommend_indices(users, 20)
+        survivors = recommender.last_stats.survivor_counts[-1]
+    np.testing.assert_array_equal(counts, (expected_items >= 0).sum(axis=1))
+    _assert_same_ranking(items, scores, expected_items, expected_scores)
+    candidates = run.train.n_items - run.train.row_lengths()[users]
+    np.testing.assert_array_equal(survivors, np.ceil(np.round((1 - gammas[-1]) * candidates, 6)))

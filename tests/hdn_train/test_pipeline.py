@@ -78,3 +78,36 @@ def test_preset_split_needs_train_and_test_files(synthetic_csv, tiny_epochs):
 def test_config_rejects_bad_settings(settings, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**settings)
+
+
+@pytest.mark.parametrize("teacher", ["als", "convncf"])
+def test_other_teachers_train_and_reload(synthetic_csv, tiny_epochs, teacher, tmp_path):
+    config = TrainConfig(
+        data=str(synthetic_csv), teacher=teacher, dim=8, hidden_dim=8, batch_size=64,
+        convncf_pretrain_epochs=1, **tiny_epochs,
+    )
+    run = train_all(config)
+    assert teacher in run.metrics
+    assert "neumf" not in run.metrics
+    loaded = load_run(write_run(run, tmp_path / "run"))
+    users = np.arange(3)
+    np.testing.assert_allclose(
+        loaded.teacher.score_users(users), run.teacher.score_users(users), rtol=1e-6
+    )
+
+
+def test_extra_models_are_evaluated(synthetic_csv, tiny_epochs):
+    extras = ("mf-student", "two-stage", "hdn-nd", "hdn-nr-", "hdn-nr-nd")
+    config = TrainConfig(
+        data=str(synthetic_csv), dim=8, hidden_dim=8, batch_size=64, extra_models=extras,
+        **tiny_epochs,
+    )
+    metrics = train_all(config).metrics
+    for name in extras:
+        assert 0.0 <= metrics[name]["ndcg@20"] <= 1.0, name
+    assert "hdn-nr" in metrics
+
+
+def test_config_rejects_unknown_extra_model():
+    with pytest.raises(ValueError, match="Unknown extra model 'hdn-xyz'"):
+        TrainConfig(extra_models=("hdn-xyz",))
