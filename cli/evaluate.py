@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
 from cli.main import setup_logging
-from cli.tables import metrics_table, rejection_table
+from cli.tables import metrics_table, output_console, rejection_table
 
 
 def evaluate(
@@ -29,6 +28,6 @@ def evaluate(
         metrics = evaluate_models(
             loaded.config, loaded.train, loaded.test, loaded.mf, loaded.teacher, loaded.student
         )
-    console = Console()
+    console = output_console()
     console.print(metrics_table(metrics, loaded.config.ks))
     console.print(rejection_table(metrics["hdn"]["rejection"]))

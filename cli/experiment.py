@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cli.main import setup_logging
+from cli.tables import output_console
 
 if TYPE_CHECKING:
     from hdn_train.experiment import Cell, ExperimentConfig
@@ -41,7 +42,7 @@ def experiment(
 
     setup_logging(verbose, quiet)
     settings = ExperimentConfig.from_file(config)
-    output = Console()
+    output = output_console()
 
     if not report_only:
         trained, resumed = _run_with_progress(settings, out, quiet)

@@ -40,16 +40,19 @@ def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
 def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     """Turn expected failures into one line on stderr and exit code 1.
 
-    Bad input raises built-in errors and domain failures raise HDNError; both reach the user as
-    their message. Set HDN_DEBUG=1 to see the traceback instead.
+    Bad input raises built-in errors (ValueError, OSError and its subclasses), failed downloads
+    raise DownloadError (a RuntimeError), and domain failures raise HDNError; all reach the user
+    as their message. Set HDN_DEBUG=1 to see the traceback instead.
     """
     from hdn_runtime.errors import HDNError
+
+    expected = (HDNError, ValueError, OSError, KeyError, RuntimeError)
 
     @wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except (HDNError, ValueError, FileNotFoundError, FileExistsError, KeyError) as err:
+        except expected as err:
             if logging.getLogger().isEnabledFor(logging.DEBUG) or _debug_requested():
                 raise
             message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
@@ -66,13 +69,14 @@ def _debug_requested() -> bool:
 
 
 def _register_commands() -> None:
-    from cli import evaluate, experiment, export, recommend, train
+    from cli import evaluate, experiment, export, recommend, train, verify
 
     app.command("train")(reports_errors(train.train))
     app.command("evaluate")(reports_errors(evaluate.evaluate))
     app.command("export")(reports_errors(export.export))
     app.command("recommend")(reports_errors(recommend.recommend))
     app.command("experiment")(reports_errors(experiment.experiment))
+    app.command("verify")(reports_errors(verify.verify))
 
 
 _register_commands()

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from cli.main import setup_logging
+from cli.tables import output_console
 
 
 def recommend(
@@ -20,6 +20,9 @@ def recommend(
         False, help="Recommend the most popular items to unknown users instead of failing."
     ),
     rule: str = typer.Option("sign", help="Rejection rule: sign (as trained) or quota."),
+    backend: str = typer.Option(
+        "cpu", help="Stage backend: cpu, cuda, tensorrt, or auto (the best available)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Log warnings only."),
 ) -> None:
     """Print each user's top-K external item ids and scores through the HDN cascade."""
@@ -29,7 +32,7 @@ def recommend(
     setup_logging(quiet=quiet)
     if k < 1:
         raise ValueError(f"--k must be a positive number of items, got {k}.")
-    with Recommender.load(model, rule=rule) as recommender:
+    with Recommender.load(model, backend=backend, rule=rule) as recommender:
         if k > recommender.num_items:
             raise ValueError(
                 f"--k {k} is larger than the catalogue of {recommender.num_items} items. "
@@ -49,7 +52,7 @@ def recommend(
                 "most popular items to unknown users instead.",
                 err.user_ids,
             ) from err
-    console = Console()
+    console = output_console()
     for result in results:
         title = f"user {result.user_id}" + (" (popularity fallback)" if result.fallback else "")
         table = Table(title=title)

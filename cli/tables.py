@@ -4,7 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from rich.console import Console
 from rich.table import Table
+
+
+def output_console() -> Console:
+    """Return the console for results on stdout.
+
+    Rich assumes 80 columns when stdout is not a terminal, which cuts model names and metric
+    headers in logs and pipes, so a redirected table gets 160 columns instead.
+    """
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)
+    return console
 
 MODEL_LABELS = {
     "poprank": "PopRank",

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cli.main import setup_logging
-from cli.tables import metrics_table, rejection_table
+from cli.tables import metrics_table, output_console, rejection_table
 
 
 def parse_floats(text: str, option: str) -> tuple[float, ...]:
@@ -58,15 +58,13 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Log warnings only."),
 ) -> None:
     """Train PopRank, MF, the NeuMF teacher and the HDN student, then write RUN."""
+    from hdn_train.checkpoint import RUN_FORMAT, check_output_directory
     from hdn_train.config import TrainConfig
     from hdn_train.pipeline import train_all, write_run
 
     setup_logging(verbose, quiet)
-    if out.exists() and not overwrite:
-        raise FileExistsError(
-            f"Run directory {out} already exists. Choose another --out, remove it, or pass "
-            "--overwrite."
-        )
+    # Fail before training, not after it, when the run could not be written.
+    check_output_directory(out, overwrite, RUN_FORMAT)
     config = TrainConfig(
         data=data, split=split, seed=seed, gammas=parse_floats(gammas, "--gammas"), dim=dim,
         negatives=negatives, learning_rate=learning_rate, batch_size=batch_size,
@@ -93,7 +91,7 @@ def train(
         run = train_all(config, on_step=on_step)
     write_run(run, out, overwrite=overwrite)
 
-    output = Console()
+    output = output_console()
     output.print(metrics_table(run.metrics, config.ks))
     output.print(rejection_table(run.metrics["hdn"]["rejection"]))
     output.print(f"Run written to {out}")

@@ -92,15 +92,17 @@ def export_onnx(
         FileExistsError: If `out_dir` exists and `overwrite` is False.
         ParityError: If a stage's onnxruntime output differs from PyTorch beyond tolerance.
     """
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise FileExistsError(
-            f"Export directory {out_dir} already exists. Choose another --out, remove it, or "
-            "pass --overwrite."
+    if verify_users < 1:
+        raise ValueError(
+            f"--verify-users must be at least 1, got {verify_users}: the parity check needs real "
+            "pairs to compare."
         )
+    out_dir = checkpoint.check_output_directory(out_dir, overwrite, MODEL_FORMAT)
     run = load_run(run_dir)
     started = time.perf_counter()
-    with checkpoint.staged_directory(out_dir, overwrite=overwrite) as staging:
+    with checkpoint.staged_directory(
+        out_dir, overwrite=overwrite, expected_format=MODEL_FORMAT
+    ) as staging:
         manifest = _write_model_directory(run, staging)
         manifest["parity"] = verify_stages(run.student, staging, manifest, verify_users, seed)
         checkpoint.write_json(staging / "manifest.json", manifest)

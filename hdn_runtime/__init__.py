@@ -6,6 +6,7 @@ Needs numpy, safetensors and onnxruntime only. Start with `Recommender.load(path
 from hdn_runtime.cascade import Cascade, CascadeStats
 from hdn_runtime.errors import (
     BackendUnavailableError,
+    EngineMismatchError,
     ExportError,
     HDNError,
     ModelFormatError,
@@ -18,6 +19,7 @@ __all__ = [
     "BackendUnavailableError",
     "Cascade",
     "CascadeStats",
+    "EngineMismatchError",
     "ExportError",
     "HDNError",
     "ModelFormatError",

@@ -57,3 +57,11 @@ class ParityError(HDNError):
 
 class BackendUnavailableError(HDNError):
     """The requested stage backend cannot run here: a package or device is missing."""
+
+
+class EngineMismatchError(HDNError):
+    """A TensorRT engine was built for another TensorRT version or GPU and cannot run here.
+
+    Engines are specific to the TensorRT version and the GPU they were built with, so the fix
+    is to rebuild them on the deployment machine with 'hdn export RUN --format trt --out DIR'.
+    """

@@ -194,6 +194,11 @@ def _parse_manifest(raw: Any, manifest_path: Path) -> Manifest:
     if not isinstance(raw, dict):
         problem = f"the top level is a {type(raw).__name__}, expected an object"
         raise _invalid(manifest_path, problem)
+    if raw.get("format") == "hdn-run":
+        raise ModelFormatError(
+            f"{manifest_path.parent} is a training run directory, not an exported model. Export "
+            f"it first: hdn export {manifest_path.parent} --format onnx --out MODEL_DIR"
+        )
     missing = [key for key in REQUIRED_KEYS if key not in raw]
     if missing:
         raise _invalid(manifest_path, f"required keys are missing: {', '.join(missing)}")

@@ -17,9 +17,9 @@ from types import TracebackType
 import numpy as np
 
 from hdn_runtime.backends.base import StageBackend, TensorSpec
-from hdn_runtime.backends.onnxruntime import OnnxRuntimeBackend
+from hdn_runtime.backends.select import BACKENDS, open_stage_backends
 from hdn_runtime.cascade import DEFAULT_MAX_CANDIDATES, RULES, Cascade, CascadeStats
-from hdn_runtime.errors import BackendUnavailableError, ModelFormatError, UnknownUserError
+from hdn_runtime.errors import ModelFormatError, UnknownUserError
 from hdn_runtime.manifest import (
     DECISION_OUTPUT,
     HIDDEN_INPUT,
@@ -35,8 +35,6 @@ from hdn_runtime.tables import ModelTables, load_tables
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("cpu", "auto", "cuda", "tensorrt")
-_BACKENDS_NOT_BUILT = ("cuda", "tensorrt")
 UNKNOWN_USER_POLICIES = ("error", "popular")
 _MAX_IDS_IN_MESSAGE = 5
 
@@ -67,8 +65,11 @@ class Recommender:
     each read the statistics of their own latest request.
     """
 
-    def __init__(self, manifest: Manifest, tables: ModelTables, cascade: Cascade) -> None:
+    def __init__(
+        self, manifest: Manifest, tables: ModelTables, cascade: Cascade, backend: str = "cpu"
+    ) -> None:
         self.manifest = manifest
+        self.backend = backend
         self._tables = tables
         self._cascade = cascade
         self._thread_state = threading.local()
@@ -87,27 +88,37 @@ class Recommender:
         rule: str = "sign",
         intra_op_threads: int | None = None,
         max_candidates: int = DEFAULT_MAX_CANDIDATES,
+        device_id: int = 0,
     ) -> Recommender:
         """Load and verify an exported model directory.
 
         Args:
             path: Directory written by `hdn export`.
-            backend: "cpu" runs every stage with ONNX Runtime on the CPU. "auto" currently
-                picks "cpu". "cuda" and "tensorrt" are reserved for backends not yet built.
+            backend: "cpu" runs every stage with ONNX Runtime on the CPU, "cuda" with ONNX
+                Runtime's CUDA provider, "tensorrt" with the TensorRT engines that
+                `hdn export --format trt` built. "auto" picks "tensorrt" when the model has
+                engines that run here, else "cuda" when available, else "cpu". It logs the
+                choice at INFO and each backend passed over at WARNING. The backend in use
+                is stored in the `backend` attribute.
             rule: "sign" rejects where a decision is > 0, as trained. "quota" keeps exactly
                 ceil((1 - γ_n) * c_u) of user u's c_u candidates at decision stage n, which
                 makes the cost of a request predictable.
             intra_op_threads: Threads per operator for ONNX Runtime. None keeps its default.
             max_candidates: Maximum (user, item) pairs the cascade processes at once.
+            device_id: CUDA device for the "cuda" and "tensorrt" backends.
 
         Raises:
             ValueError: `backend` or `rule` is not one of the valid values.
-            BackendUnavailableError: The backend is not available in this build or installation.
+            BackendUnavailableError: An explicit backend cannot run here (package, GPU or
+                engines missing); the message gives the reason.
+            EngineMismatchError: backend="tensorrt" and the engines were built for another
+                TensorRT version or GPU.
             FileNotFoundError: `path` is not a directory.
             ModelFormatError: The directory is incomplete, modified after export, or of an
                 unsupported format version.
         """
-        stage_backend_name = _resolve_backend(backend)
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}.")
         if rule not in RULES:
             raise ValueError(f"rule must be one of {list(RULES)}, got {rule!r}.")
 
@@ -116,11 +127,11 @@ class Recommender:
         manifest = read_manifest(path)
         tables = load_tables(manifest)
 
-        stage_backends: list[StageBackend] = []
+        stage_backend_name, stage_backends = open_stage_backends(
+            manifest, backend, intra_op_threads, device_id
+        )
         try:
-            for stage in manifest.stages:
-                stage_backend = OnnxRuntimeBackend(stage.path, intra_op_threads=intra_op_threads)
-                stage_backends.append(stage_backend)
+            for stage, stage_backend in zip(manifest.stages, stage_backends):
                 _check_stage_signature(stage, stage_backend, manifest)
             cascade = Cascade(stage_backends, manifest.rejection_ratios, rule, max_candidates)
         except BaseException:
@@ -139,7 +150,7 @@ class Recommender:
             rule,
             time.perf_counter() - started,
         )
-        return cls(manifest, tables, cascade)
+        return cls(manifest, tables, cascade, stage_backend_name)
 
     @property
     def num_users(self) -> int:
@@ -330,19 +341,6 @@ class Recommender:
                 "recommend() instead."
             )
         return user_indices.astype(np.int64, copy=False)
-
-
-def _resolve_backend(backend: str) -> str:
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}.")
-    if backend in _BACKENDS_NOT_BUILT:
-        raise BackendUnavailableError(
-            f"backend={backend!r} is not available yet in this build of hdn_runtime. "
-            "Pass backend='cpu' to run the stages with ONNX Runtime on the CPU."
-        )
-    if backend == "auto":
-        logger.info("backend='auto' selected 'cpu': this build runs stages on the CPU only")
-    return "cpu"
 
 
 def _check_stage_signature(stage: StageEntry, backend: StageBackend, manifest: Manifest) -> None:

@@ -22,7 +22,20 @@ from safetensors.numpy import save_file as save_numpy_file
 from safetensors.torch import load_file, save_file
 
 RUN_FORMAT = "hdn-run"
-RUN_FORMAT_VERSION = 1
+# Version 2 stores the teacher of any kind as models/teacher.safetensors (version 1 had NeuMF only).
+RUN_FORMAT_VERSION = 2
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _make_shareable(path: Path, directory: bool = False) -> None:
+    # mkstemp and mkdtemp create private entries (0600, 0700); outputs are meant to be read by
+    # other users, such as a service account, so give them the usual umask-based mode.
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
 
 
 @contextmanager
@@ -33,6 +46,7 @@ def _atomic_path(path: Path) -> Iterator[Path]:
     temp_path = Path(temp_name)
     try:
         yield temp_path
+        _make_shareable(temp_path)
         os.replace(temp_path, path)
     finally:
         temp_path.unlink(missing_ok=True)
@@ -70,7 +84,13 @@ def load_weights(path: str | Path, module: torch.nn.Module) -> torch.nn.Module:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Weights file {path} not found. Re-run 'hdn train'.")
-    module.load_state_dict(load_file(str(path)))
+    try:
+        module.load_state_dict(load_file(str(path)))
+    except RuntimeError as err:
+        raise ValueError(
+            f"Weights in {path} do not fit the model its run config describes ({err}). The run "
+            "directory is inconsistent; re-train."
+        ) from err
     return module.eval()
 
 
@@ -90,23 +110,77 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-@contextmanager
-def staged_directory(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Build a directory under a temporary name and move it to `target` only on success.
+def check_output_directory(
+    target: str | Path, overwrite: bool, expected_format: str, option: str = "--out"
+) -> Path:
+    """Check before any work that `target` can be created, or replaced when `overwrite` is set.
 
-    On an exception the partial directory is removed and `target` is untouched.
+    Only a directory whose manifest says `expected_format` (an earlier run or model of the same
+    kind) may be replaced, so a mistyped path never deletes unrelated files.
 
     Raises:
-        FileExistsError: If `target` exists and `overwrite` is False.
+        FileExistsError: If `target` exists and may not be replaced.
+        NotADirectoryError: If a parent of `target` is a file.
+        PermissionError: If the parent directory cannot be written.
     """
     target = Path(target)
-    if target.exists() and not overwrite:
+    resolved = target.resolve()
+    if resolved == Path.cwd().resolve() or resolved in Path.cwd().resolve().parents:
         raise FileExistsError(
-            f"{target} already exists. Choose another output directory, remove it, or pass "
-            "--overwrite."
+            f"{option} {target} is the current directory or one of its parents. Choose a new "
+            "directory to create."
         )
+    if target.exists():
+        if not overwrite:
+            raise FileExistsError(
+                f"{option} {target} already exists. Choose another directory, remove it, or pass "
+                "--overwrite."
+            )
+        manifest = target / "manifest.json"
+        try:
+            found = json.loads(manifest.read_text()).get("format") if manifest.is_file() else None
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            found = None
+        is_empty_dir = target.is_dir() and not any(target.iterdir())
+        if not is_empty_dir and (not target.is_dir() or found != expected_format):
+            raise FileExistsError(
+                f"{option} {target} exists and is not an {expected_format} directory, so "
+                "--overwrite will not replace it. Remove it yourself or choose another directory."
+            )
+    parent = resolved.parent
+    for ancestor in [parent, *parent.parents]:
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                raise NotADirectoryError(
+                    f"{option} {target}: {ancestor} is a file, not a directory. Choose another "
+                    "path."
+                )
+            if not os.access(ancestor, os.W_OK | os.X_OK):
+                raise PermissionError(
+                    f"{option} {target}: cannot create it because {ancestor} is not writable. "
+                    "Choose a directory you can write to."
+                )
+            break
+    return target
+
+
+@contextmanager
+def staged_directory(
+    target: str | Path, overwrite: bool = False, expected_format: str = RUN_FORMAT
+) -> Iterator[Path]:
+    """Build a directory under a temporary name and move it to `target` only on success.
+
+    On an exception the partial directory is removed and `target` is untouched. An existing
+    `target` is replaced only with `overwrite` and only if it is a directory of
+    `expected_format` (see `check_output_directory`).
+
+    Raises:
+        FileExistsError: If `target` exists and may not be replaced.
+    """
+    target = check_output_directory(target, overwrite, expected_format)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    _make_shareable(staging, directory=True)
     try:
         yield staging
     except BaseException:

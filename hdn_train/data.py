@@ -610,8 +610,9 @@ def download_dataset(name: str, data_home: str | Path | None = None) -> Path:
         ) from err
     except requests.exceptions.RequestException as err:
         raise DownloadError(
-            f"Could not download {name} from {url} ({err}). Check the network connection, or "
-            f"place the files in {folder} by hand."
+            f"Could not download {name} from {url} ({err}). Check the network connection, "
+            f"place the files in {folder} by hand, or set {DATA_HOME_ENV} to a folder that "
+            f"already contains {name}/."
         ) from err
 
     _extract_archive(Path(archive), member, folder)

@@ -243,29 +243,43 @@ def load_run(run_dir: str | Path, verify: bool = True) -> LoadedRun:
         raise FileNotFoundError(
             f"Run directory {run_dir} not found. Create one with 'hdn train --out {run_dir}'."
         )
-    manifest = checkpoint.read_json(run_dir / "manifest.json")
-    if manifest.get("format") != checkpoint.RUN_FORMAT:
+    manifest_path = run_dir / "manifest.json"
+    manifest = checkpoint.read_json(manifest_path)
+    if not isinstance(manifest, dict) or manifest.get("format") != checkpoint.RUN_FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        hint = " It is an exported model; 'hdn recommend' reads it." if found == "hdn-model" else ""
         raise ValueError(
-            f"{run_dir / 'manifest.json'} has format {manifest.get('format')!r}, expected "
-            f"{checkpoint.RUN_FORMAT!r}. Is {run_dir} a training run directory?"
+            f"{manifest_path} has format {found!r}, expected {checkpoint.RUN_FORMAT!r}, so "
+            f"{run_dir} is not a training run directory.{hint}"
         )
     if manifest.get("format_version") != checkpoint.RUN_FORMAT_VERSION:
         raise ValueError(
             f"{run_dir} has run format version {manifest.get('format_version')}, this hdn reads "
             f"version {checkpoint.RUN_FORMAT_VERSION}. Re-train with this version of hdn."
         )
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not all(
+        isinstance(entry, dict) and isinstance(entry.get("sha256"), str) for entry in files.values()
+    ):
+        raise ValueError(
+            f"{manifest_path} has no valid 'files' table (name -> {{size, sha256}}). The run "
+            "directory is damaged; re-train."
+        )
     if verify:
-        for name, entry in manifest["files"].items():
+        for name, entry in files.items():
             path = run_dir / name
             if not path.is_file():
                 raise FileNotFoundError(f"{path} listed in the run manifest is missing.")
             if checkpoint.sha256_file(path) != entry["sha256"]:
                 raise ValueError(
-                    f"{path} does not match the SHA-256 in {run_dir / 'manifest.json'}: the file "
+                    f"{path} does not match the SHA-256 in {manifest_path}: the file "
                     "changed after training. Restore it or re-train."
                 )
 
-    config = TrainConfig.from_dict(checkpoint.read_json(run_dir / "config.json"))
+    try:
+        config = TrainConfig.from_dict(checkpoint.read_json(run_dir / "config.json"))
+    except TypeError as err:
+        raise ValueError(f"{run_dir / 'config.json'} is not a valid run config: {err}.") from err
     user_ids = checkpoint.read_json(run_dir / "user_ids.json")
     item_ids = checkpoint.read_json(run_dir / "item_ids.json")
     split = load_numpy_file(str(run_dir / "split.safetensors"))

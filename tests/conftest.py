@@ -17,9 +17,12 @@ else:
     # processes on a 2-core machine slow each step by an order of magnitude.
     torch.set_num_threads(1)
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-# Named data sets resolve in the shared MovieLens copy when it exists, so no test downloads.
+# MovieLens for the tests: the data home when one is set, else a ../shared/data folder beside the
+# repository. Named data sets then resolve there, so no test downloads.
+SHARED_DATA = Path(
+    os.environ.get("HDN_DATA_HOME")
+    or Path(__file__).resolve().parents[1].parent / "shared" / "data"
+)
 if SHARED_DATA.is_dir():
     os.environ.setdefault("HDN_DATA_HOME", str(SHARED_DATA))
 

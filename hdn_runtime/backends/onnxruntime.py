@@ -18,6 +18,8 @@ from hdn_runtime.errors import BackendUnavailableError, ModelFormatError
 logger = logging.getLogger(__name__)
 
 CPU_PROVIDER = "CPUExecutionProvider"
+CUDA_PROVIDER = "CUDAExecutionProvider"
+CUDA_PROVIDERS = (CUDA_PROVIDER, CPU_PROVIDER)
 
 # ONNX Runtime reports element types as strings such as "tensor(float)".
 _DTYPE_FROM_ORT_TYPE = {
@@ -49,11 +51,15 @@ class OnnxRuntimeBackend(StageBackend):
         path: The stage's `.onnx` file.
         intra_op_threads: Threads ONNX Runtime uses inside one operator. None keeps ONNX
             Runtime's default.
-        providers: Execution providers in order of preference.
+        providers: Execution providers in order of preference. Pass `CUDA_PROVIDERS` to run
+            on the GPU with the CPU provider for operators CUDA lacks.
+        device_id: CUDA device for the CUDA provider; ignored without it.
 
     Raises:
-        BackendUnavailableError: onnxruntime is not installed, or a requested provider is not
-            part of the installed build.
+        BackendUnavailableError: onnxruntime is not installed, a requested provider is not
+            part of the installed build, or the session left out the first requested provider.
+            ONNX Runtime drops the CUDA provider with an error in its log when the CUDA or
+            cuDNN libraries or the GPU are missing.
         FileNotFoundError: `path` does not exist.
         ModelFormatError: ONNX Runtime cannot load the file.
         ValueError: `intra_op_threads` is not a positive integer.
@@ -64,6 +70,7 @@ class OnnxRuntimeBackend(StageBackend):
         path: str | Path,
         intra_op_threads: int | None = None,
         providers: Sequence[str] = (CPU_PROVIDER,),
+        device_id: int = 0,
     ) -> None:
         super().__init__(path)
         ort = _import_onnxruntime(providers)
@@ -88,9 +95,15 @@ class OnnxRuntimeBackend(StageBackend):
         options = ort.SessionOptions()
         if intra_op_threads is not None:
             options.intra_op_num_threads = intra_op_threads
+        provider_options = [
+            {"device_id": str(device_id)} if name == CUDA_PROVIDER else {} for name in providers
+        ]
         try:
             self._session = ort.InferenceSession(
-                str(self.path), sess_options=options, providers=list(providers)
+                str(self.path),
+                sess_options=options,
+                providers=list(providers),
+                provider_options=provider_options,
             )
         except Exception as err:
             # onnxruntime's load errors (InvalidProtobuf, InvalidGraph, Fail, ...) share no
@@ -99,6 +112,16 @@ class OnnxRuntimeBackend(StageBackend):
                 f"ONNX Runtime cannot load stage file {self.path}: {err}. "
                 "Re-export the model with 'hdn export'."
             ) from err
+
+        active_providers = self._session.get_providers()
+        if providers and providers[0] not in active_providers:
+            raise BackendUnavailableError(
+                f"ONNX Runtime lists {providers[0]} as available, but the session for "
+                f"{self.path} runs on {active_providers} without it. For CUDA this means the "
+                "CUDA or cuDNN libraries that onnxruntime-gpu needs, or the GPU itself, are "
+                "missing, and ONNX Runtime's own log names the library it could not load. Load "
+                "the model with backend='cpu' to run on the CPU."
+            )
 
         self._input_specs = {
             node.name: _spec_from_node(node, self.path) for node in self._session.get_inputs()

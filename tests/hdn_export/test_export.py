@@ -63,3 +63,18 @@ def test_export_tables_match_run(trained_run, exported_model):
         tables["item_embedding"], run.student.item_embedding.weight.detach().numpy()
     )
     assert json.loads((exported_model / "item_ids.json").read_text()) == run.dataset.item_ids
+
+
+def test_export_needs_verify_users(trained_run, tmp_path):
+    _, run_dir = trained_run
+    with pytest.raises(ValueError, match="--verify-users must be at least 1, got 0"):
+        export_onnx(run_dir, tmp_path / "model", verify_users=0)
+    assert not (tmp_path / "model").exists()
+
+
+def test_runtime_names_training_run(trained_run):
+    from hdn_runtime import ModelFormatError, Recommender
+
+    _, run_dir = trained_run
+    with pytest.raises(ModelFormatError, match="is a training run directory"):
+        Recommender.load(run_dir)

@@ -16,7 +16,6 @@ from model_factory import (
 )
 
 from hdn_runtime import (
-    BackendUnavailableError,
     Recommender,
     UnknownUserError,
     UserRecommendations,
@@ -251,13 +250,6 @@ def test_unknown_backend_lists_valid_ones(synthetic_model):
     model_dir, _ = synthetic_model
     with pytest.raises(ValueError, match=r"backend must be one of \['cpu', 'auto'"):
         Recommender.load(model_dir, backend="tpu")
-
-
-@pytest.mark.parametrize("backend", ["cuda", "tensorrt"])
-def test_gpu_backends_not_built_yet(synthetic_model, backend):
-    model_dir, _ = synthetic_model
-    with pytest.raises(BackendUnavailableError, match="not available yet"):
-        Recommender.load(model_dir, backend=backend)
 
 
 def test_unknown_rule_raises(synthetic_model):

@@ -11,6 +11,7 @@ import re
 import threading
 import zipfile
 from collections.abc import Iterator
+import os
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,9 @@ from hdn_train import data
 from hdn_train.data import DataFormatError, Dataset, DownloadError
 from hdn_train.interactions import InteractionMatrix
 
-SHARED_DATA = Path(__file__).parents[2].parent / "shared" / "data"
+SHARED_DATA = Path(
+    os.environ.get("HDN_DATA_HOME") or Path(__file__).parents[2].parent / "shared" / "data"
+)
 
 U_DATA_TEXT = "3\t10\t4\t300\n1\t20\t5\t100\n3\t10\t2\t200\n2\t9\t1\t50\n"
 RATINGS_DAT_TEXT = "10::5::3::978300760\n2::5::4::978300761\n10::7::5::978300762\n"

@@ -111,3 +111,18 @@ def test_extra_models_are_evaluated(synthetic_csv, tiny_epochs):
 def test_config_rejects_unknown_extra_model():
     with pytest.raises(ValueError, match="Unknown extra model 'hdn-xyz'"):
         TrainConfig(extra_models=("hdn-xyz",))
+
+
+def test_load_run_rejects_model_directory(exported_model):
+    with pytest.raises(ValueError, match="not a training run directory"):
+        load_run(exported_model)
+
+
+def test_load_run_rejects_manifest_without_files(trained_run, tmp_path):
+    run, _ = trained_run
+    run_dir = write_run(run, tmp_path / "run")
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    del manifest["files"]
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="no valid 'files' table"):
+        load_run(run_dir)

@@ -1,4 +1,5 @@
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +15,11 @@ from hdn_train.protocols import (
     sampled_ranking_metrics,
 )
 
-ML_100K_U_DATA = (
-    Path(__file__).resolve().parents[2].parent / "shared" / "data" / "ml-100k" / "u.data"
+DATA_HOME = Path(
+    os.environ.get("HDN_DATA_HOME")
+    or Path(__file__).resolve().parents[2].parent / "shared" / "data"
 )
+ML_100K_U_DATA = DATA_HOME / "ml-100k" / "u.data"
 
 
 def matrix_from_rows(rows: list[list[int]], n_items: int) -> InteractionMatrix:
