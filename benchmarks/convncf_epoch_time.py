@@ -109,10 +109,14 @@ def main() -> None:
         parser.error(f"--score-users must be in [1, {train.n_users}], got {args.score_users}.")
     macs = ConvNCF(1, 1, dim=args.dim, channels=args.channels).multiply_adds_per_pair()
 
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
-          f"{torch.__version__}")
-    print(f"{dataset.name}: {train.n_users} users, {train.n_items} items, {train.nnz} training "
-          f"positives; batch {args.batch_size}, so {steps_per_epoch} steps per epoch")
+    print(
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
+        f"{torch.__version__}"
+    )
+    print(
+        f"{dataset.name}: {train.n_users} users, {train.n_items} items, {train.nnz} training "
+        f"positives; batch {args.batch_size}, so {steps_per_epoch} steps per epoch"
+    )
     print(f"ConvNCF dim {args.dim}, channels {args.channels}: {macs} multiply-adds per pair")
 
     for threads in args.threads:
@@ -129,12 +133,15 @@ def main() -> None:
         pairs_per_second = args.score_users * train.n_items / scoring_seconds
         print(f"\n--threads {threads} (process CPU time / wall time: {cpu_share:.2f})")
         print(f"  MF-BPR epoch (measured):              {mf_seconds:8.1f} s")
-        print(f"  ConvNCF BPR step ({args.convncf_steps} timed):        "
-              f"{1e3 * step_seconds:8.1f} ms")
+        print(
+            f"  ConvNCF BPR step ({args.convncf_steps} timed):        {1e3 * step_seconds:8.1f} ms"
+        )
         print(f"  ConvNCF BPR epoch (estimate):         {convncf_epoch:8.1f} s")
-        print(f"  ConvNCF score_all, {args.score_users} users (measured): "
-              f"{scoring_seconds:8.1f} s  ({pairs_per_second:,.0f} pairs/s, "
-              f"{2 * macs * pairs_per_second / 1e9:.1f} GFLOP/s)")
+        print(
+            f"  ConvNCF score_all, {args.score_users} users (measured): "
+            f"{scoring_seconds:8.1f} s  ({pairs_per_second:,.0f} pairs/s, "
+            f"{2 * macs * pairs_per_second / 1e9:.1f} GFLOP/s)"
+        )
         print(f"  ConvNCF score_all, all {train.n_users} users (estimate): {all_users:8.1f} s")
 
 

@@ -79,8 +79,11 @@ def main() -> None:
     sampling_seconds = time.perf_counter() - started
     samples_per_epoch = len(users)
     batches = [
-        (users[start : start + args.batch_size], items[start : start + args.batch_size],
-         thresholds[users[start : start + args.batch_size]])
+        (
+            users[start : start + args.batch_size],
+            items[start : start + args.batch_size],
+            thresholds[users[start : start + args.batch_size]],
+        )
         for start in range(0, args.steps * args.batch_size, args.batch_size)
     ]
 
@@ -96,16 +99,22 @@ def main() -> None:
     online_rate = timed / online_seconds
     epoch_lookup = samples_per_epoch / lookup_rate + sampling_seconds
     epoch_online = samples_per_epoch / online_rate + sampling_seconds
-    print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"{args.threads} threads")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"{args.threads} threads"
+    )
     print(f"data: {args.data}, {train.nnz} training positives, {samples_per_epoch} samples/epoch")
     print(f"teacher score matrix ({train.n_users} x {train.n_items}): {matrix_seconds:.1f} s")
     print(f"per-user thresholds: {threshold_seconds:.2f} s")
     print(f"negative sampling and shuffle per epoch: {sampling_seconds:.2f} s")
-    print(f"distillation, teacher scores looked up: {lookup_rate:,.0f} samples/s "
-          f"(CPU/wall {lookup_cpu / lookup_seconds:.2f}), epoch {epoch_lookup:.1f} s")
-    print(f"baseline, teacher run on every batch: {online_rate:,.0f} samples/s, "
-          f"epoch {epoch_online:.1f} s")
+    print(
+        f"distillation, teacher scores looked up: {lookup_rate:,.0f} samples/s "
+        f"(CPU/wall {lookup_cpu / lookup_seconds:.2f}), epoch {epoch_lookup:.1f} s"
+    )
+    print(
+        f"baseline, teacher run on every batch: {online_rate:,.0f} samples/s, "
+        f"epoch {epoch_online:.1f} s"
+    )
     print(f"speed-up of the lookup over the baseline: {lookup_rate / online_rate:.2f}x")
 
 

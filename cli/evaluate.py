@@ -13,8 +13,7 @@ from cli.tables import metrics_table, output_console, rejection_table
 def evaluate(
     run: Path = typer.Argument(..., help="Run directory written by 'hdn train'."),
     recompute: bool = typer.Option(
-        False, help="Re-rank the test split with the saved models instead of reading "
-        "metrics.json."
+        False, help="Re-rank the test split with the saved models instead of reading metrics.json."
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Log warnings only."),
 ) -> None:

@@ -20,16 +20,19 @@ if TYPE_CHECKING:
 
 def experiment(
     config: Path = typer.Argument(
-        ..., help="Experiment file (TOML or JSON) whose keys are ExperimentConfig fields, "
-        "such as examples/experiments/ml1m_paper.toml."
+        ...,
+        help="Experiment file (TOML or JSON) whose keys are ExperimentConfig fields, "
+        "such as examples/experiments/ml1m_paper.toml.",
     ),
     out: Path = typer.Option(
-        ..., help="Experiment directory. Finished cells in it are kept and skipped, so "
-        "running the same file again resumes an interrupted experiment."
+        ...,
+        help="Experiment directory. Finished cells in it are kept and skipped, so "
+        "running the same file again resumes an interrupted experiment.",
     ),
     report_only: bool = typer.Option(
-        False, "--report-only", help="Skip training and rewrite the report from the cells "
-        "already in --out."
+        False,
+        "--report-only",
+        help="Skip training and rewrite the report from the cells already in --out.",
     ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log per-epoch detail."),
     quiet: bool = typer.Option(
@@ -68,8 +71,12 @@ def _run_with_progress(settings: ExperimentConfig, out: Path, quiet: bool) -> tu
 
     console = Console(stderr=True)
     progress = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), console=console, disable=quiet,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=quiet,
     )
     counts = {"trained": 0, "resumed": 0}
 

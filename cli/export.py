@@ -20,8 +20,9 @@ def export(
         "onnx", "--format", help="onnx, or trt to also build one TensorRT engine per stage."
     ),
     overwrite: bool = typer.Option(False, help="Replace an existing model directory."),
-    verify_users: int = typer.Option(64, help="Users whose pairs with every item feed the "
-                                     "parity check."),
+    verify_users: int = typer.Option(
+        64, help="Users whose pairs with every item feed the parity check."
+    ),
     precision: str | None = typer.Option(
         None, help="trt only: fp32 (default) or fp16 arithmetic inside the engines."
     ),
@@ -29,16 +30,17 @@ def export(
         None, help="trt only: smallest batch of (user, item) pairs per engine call (default 1)."
     ),
     opt_batch: int | None = typer.Option(
-        None, help="trt only: batch, in pairs, TensorRT tunes for (default 16 users' "
-        "catalogues)."
+        None, help="trt only: batch, in pairs, TensorRT tunes for (default 16 users' catalogues)."
     ),
     max_batch: int | None = typer.Option(
-        None, help="trt only: largest batch, in pairs, per engine call; larger batches run in "
-        "chunks (default max(2**20, catalogue size), at most 2**22)."
+        None,
+        help="trt only: largest batch, in pairs, per engine call; larger batches run in "
+        "chunks (default max(2**20, catalogue size), at most 2**22).",
     ),
     timing_cache: Path | None = typer.Option(
-        None, help="trt only: TensorRT timing cache file, reused across builds (default "
-        "~/.cache/hdn/tensorrt/timing-<version>-sm<capability>.cache)."
+        None,
+        help="trt only: TensorRT timing cache file, reused across builds (default "
+        "~/.cache/hdn/tensorrt/timing-<version>-sm<capability>.cache).",
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Log warnings only."),
 ) -> None:
@@ -61,8 +63,14 @@ def export(
         from hdn_export.tensorrt import export_tensorrt
 
         manifest = export_tensorrt(
-            run, out, overwrite=overwrite, precision=precision or "fp32", min_batch=min_batch,
-            opt_batch=opt_batch, max_batch=max_batch, timing_cache=timing_cache,
+            run,
+            out,
+            overwrite=overwrite,
+            precision=precision or "fp32",
+            min_batch=min_batch,
+            opt_batch=opt_batch,
+            max_batch=max_batch,
+            timing_cache=timing_cache,
             verify_users=verify_users,
         )
     else:
@@ -71,17 +79,21 @@ def export(
         manifest = export_onnx(run, out, overwrite=overwrite, verify_users=verify_users)
 
     console = output_console()
-    console.print(parity_table(
-        manifest["parity"], f"Stages written to {out}, checked in onnxruntime against PyTorch"
-    ))
+    console.print(
+        parity_table(
+            manifest["parity"], f"Stages written to {out}, checked in onnxruntime against PyTorch"
+        )
+    )
     if format == "trt":
         record = manifest["tensorrt"]
         profile = record["profile"]
-        console.print(parity_table(
-            record["parity"],
-            f"TensorRT {record['version']} {record['precision']} engines for "
-            f"{record['gpu_name']}, checked against onnxruntime",
-        ))
+        console.print(
+            parity_table(
+                record["parity"],
+                f"TensorRT {record['version']} {record['precision']} engines for "
+                f"{record['gpu_name']}, checked against onnxruntime",
+            )
+        )
         console.print(
             f"Batch profile: min {profile['min']}, opt {profile['opt']}, max {profile['max']} "
             "pairs per engine call."
@@ -95,7 +107,9 @@ def parity_table(parity: dict[str, dict], title: str) -> Table:
         table.add_column(column, justify="right")
     for name, entry in parity.items():
         table.add_row(
-            name, f"{entry['max_abs_diff']:.2e}", f"{entry['max_rel_diff']:.2e}",
+            name,
+            f"{entry['max_abs_diff']:.2e}",
+            f"{entry['max_rel_diff']:.2e}",
             str(entry["pairs"]),
         )
     return table

@@ -19,6 +19,7 @@ def output_console() -> Console:
         console = Console(width=160)
     return console
 
+
 MODEL_LABELS = {
     "poprank": "PopRank",
     "mf": "MF",
@@ -47,8 +48,11 @@ def metrics_table(metrics: dict, ks: Sequence[int] = (10, 20)) -> Table:
         if key not in metrics:
             continue
         values = metrics[key]
-        cells = [f"{values.get(f'{name}@{k}', float('nan')):.4f}" for k in ks
-                 for name in ("ndcg", "hr", "recall")]
+        cells = [
+            f"{values.get(f'{name}@{k}', float('nan')):.4f}"
+            for k in ks
+            for name in ("ndcg", "hr", "recall")
+        ]
         seconds = values.get("train_seconds")
         table.add_row(label, *cells, "" if seconds is None else f"{seconds:.0f}")
     return table

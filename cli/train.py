@@ -1,4 +1,4 @@
-"""`hdn train`: train the baselines, the NeuMF teacher and the distilled HDN into a run directory."""
+"""`hdn train`: train the baselines, a teacher and the distilled HDN into a run directory."""
 
 from __future__ import annotations
 
@@ -24,33 +24,42 @@ def parse_floats(text: str, option: str) -> tuple[float, ...]:
 
 def train(
     data: str = typer.Option(
-        ..., help="Named data set (ml-100k, ml-1m) or a path: u.data, ratings.dat, a CSV/TSV "
-        "file with user_id and item_id columns, or a folder with train.txt and test.txt."
+        ...,
+        help="Named data set (ml-100k, ml-1m) or a path: u.data, ratings.dat, a CSV/TSV "
+        "file with user_id and item_id columns, or a folder with train.txt and test.txt.",
     ),
     out: Path = typer.Option(..., help="Run directory to create."),
     user_col: str = typer.Option("user_id", help="User column of a CSV or TSV header."),
     item_col: str = typer.Option("item_id", help="Item column of a CSV or TSV header."),
-    split: str = typer.Option("paper", help="paper: seeded 20% per user; preset: the "
-                              "folder's train.txt/test.txt."),
+    split: str = typer.Option(
+        "paper", help="paper: seeded 20% per user; preset: the folder's train.txt/test.txt."
+    ),
     seed: int = typer.Option(0, help="Seed for the split, initialisation and sampling."),
-    gammas: str = typer.Option("0.5,0.75,0.875", help="Rejection ratio of each decision "
-                               "module: share of the catalogue rejected once it has decided."),
+    gammas: str = typer.Option(
+        "0.5,0.75,0.875",
+        help="Rejection ratio of each decision "
+        "module: share of the catalogue rejected once it has decided.",
+    ),
     teacher: str = typer.Option("neumf", help="Teacher to distil from: neumf, convncf or als."),
     also: str = typer.Option(
-        "", help="Comma-separated extra models to train and evaluate: mf-student, two-stage, "
-        "hdn-nd, hdn-nr-, hdn-nr-nd."
+        "",
+        help="Comma-separated extra models to train and evaluate: mf-student, two-stage, "
+        "hdn-nd, hdn-nr-, hdn-nr-nd.",
     ),
     dim: int = typer.Option(32, help="Embedding width of every model."),
     negatives: int = typer.Option(5, help="Sampled negatives per training positive."),
     learning_rate: float = typer.Option(0.001, help="Adam learning rate."),
     batch_size: int = typer.Option(512, help="Sampled pairs per optimiser step."),
     mf_epochs: int = typer.Option(10, help="Epochs of the MF baseline."),
-    pretrain_epochs: int = typer.Option(5, help="Epochs of GMF and of MLP pre-training each "
-                                        "(0: train NeuMF from scratch)."),
-    teacher_epochs: int = typer.Option(5, help="Epochs of NeuMF after pre-training, or of "
-                                       "ConvNCF's BPR training."),
-    convncf_pretrain_epochs: int = typer.Option(10, help="Epochs of MF-BPR that initialise "
-                                                "ConvNCF's embeddings."),
+    pretrain_epochs: int = typer.Option(
+        5, help="Epochs of GMF and of MLP pre-training each (0: train NeuMF from scratch)."
+    ),
+    teacher_epochs: int = typer.Option(
+        5, help="Epochs of NeuMF after pre-training, or of ConvNCF's BPR training."
+    ),
+    convncf_pretrain_epochs: int = typer.Option(
+        10, help="Epochs of MF-BPR that initialise ConvNCF's embeddings."
+    ),
     student_epochs: int = typer.Option(10, help="Epochs of HDN distillation."),
     threads: int = typer.Option(0, help="Torch CPU threads (0: torch's default)."),
     overwrite: bool = typer.Option(False, help="Replace an existing run directory."),
@@ -66,18 +75,33 @@ def train(
     # Fail before training, not after it, when the run could not be written.
     check_output_directory(out, overwrite, RUN_FORMAT)
     config = TrainConfig(
-        data=data, split=split, seed=seed, gammas=parse_floats(gammas, "--gammas"), dim=dim,
-        negatives=negatives, learning_rate=learning_rate, batch_size=batch_size,
+        data=data,
+        split=split,
+        seed=seed,
+        gammas=parse_floats(gammas, "--gammas"),
+        dim=dim,
+        negatives=negatives,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
         teacher=teacher,
         extra_models=tuple(name.strip() for name in also.split(",") if name.strip()),
         convncf_pretrain_epochs=convncf_pretrain_epochs,
-        mf_epochs=mf_epochs, pretrain_epochs=pretrain_epochs, teacher_epochs=teacher_epochs,
-        student_epochs=student_epochs, threads=threads, user_col=user_col, item_col=item_col,
+        mf_epochs=mf_epochs,
+        pretrain_epochs=pretrain_epochs,
+        teacher_epochs=teacher_epochs,
+        student_epochs=student_epochs,
+        threads=threads,
+        user_col=user_col,
+        item_col=item_col,
     )
     console = Console(stderr=True)
     progress = Progress(
-        TextColumn("{task.description:>6}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), console=console, disable=quiet,
+        TextColumn("{task.description:>6}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=quiet,
     )
     tasks: dict[str, int] = {}
 

@@ -14,8 +14,9 @@ from cli.tables import output_console
 def verify(
     model: Path = typer.Argument(..., help="Model directory written by 'hdn export'."),
     backend: str = typer.Option(
-        "auto", help="Backend to check: auto, cpu, cuda or tensorrt. auto checks the one that "
-        "Recommender.load(backend='auto') picks here."
+        "auto",
+        help="Backend to check: auto, cpu, cuda or tensorrt. auto checks the one that "
+        "Recommender.load(backend='auto') picks here.",
     ),
     users: int = typer.Option(64, help="Users whose pairs with every item are compared."),
     k: int = typer.Option(20, "--k", help="Length of the compared top-K lists."),
@@ -45,8 +46,11 @@ def verify(
         table.add_column(column, justify="right")
     for stage in report.stages:
         table.add_row(
-            stage.name, f"{stage.max_abs_diff:.2e}", f"{stage.max_rel_diff:.2e}",
-            str(stage.pairs), "yes" if stage.passed else "NO",
+            stage.name,
+            f"{stage.max_abs_diff:.2e}",
+            f"{stage.max_rel_diff:.2e}",
+            str(stage.pairs),
+            "yes" if stage.passed else "NO",
         )
     console = output_console()
     console.print(table)
@@ -59,9 +63,13 @@ def verify(
     )
     if not report.passed:
         failed = [stage.name for stage in report.stages if not stage.passed]
-        problem = f"stages {failed} differ beyond tolerance" if failed else (
-            f"{top_k.users - top_k.identical_users - top_k.tied_users} top-K lists differ "
-            "beyond tied scores"
+        problem = (
+            f"stages {failed} differ beyond tolerance"
+            if failed
+            else (
+                f"{top_k.users - top_k.identical_users - top_k.tied_users} top-K lists differ "
+                "beyond tied scores"
+            )
         )
         raise ParityError(
             f"Backend {report.backend!r} does not match the CPU: {problem}. Rebuild the engines "

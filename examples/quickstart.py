@@ -36,8 +36,10 @@ def main() -> None:
         data=args.data, mf_epochs=2, pretrain_epochs=2, teacher_epochs=2, student_epochs=8
     )
     run = train_all(config)
-    print(f"Teacher NDCG@20 {run.metrics['neumf']['ndcg@20']:.4f}, "
-          f"HDN NDCG@20 {run.metrics['hdn']['ndcg@20']:.4f}")
+    print(
+        f"Teacher NDCG@20 {run.metrics['neumf']['ndcg@20']:.4f}, "
+        f"HDN NDCG@20 {run.metrics['hdn']['ndcg@20']:.4f}"
+    )
 
     # 2. Save the run, then export one ONNX model per stage (checked against PyTorch).
     write_run(run, out / "run", overwrite=True)

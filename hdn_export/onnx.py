@@ -1,4 +1,4 @@
-"""Write the ONNX model directory of a trained run: one ONNX model per stage, tables, id maps, manifest.
+"""Write a run's ONNX model directory: one model per stage, tables, id maps and a manifest.
 
 Model directory layout (format `hdn-model`, version 1), the only thing `hdn_runtime` reads:
 
@@ -25,9 +25,9 @@ import torch
 
 from hdn_export.stages import StageSpec, split_stages
 from hdn_export.verify import verify_stages
+from hdn_runtime.errors import ExportError
 from hdn_train import checkpoint
 from hdn_train.pipeline import LoadedRun, load_run
-from hdn_runtime.errors import ExportError
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +43,9 @@ def _hdn_version() -> str:
         return "unknown"
 
 
-def export_stage_onnx(spec: StageSpec, module: torch.nn.Module, dim: int, hidden_dim: int,
-                      path: Path) -> None:
+def export_stage_onnx(
+    spec: StageSpec, module: torch.nn.Module, dim: int, hidden_dim: int, path: Path
+) -> None:
     """Export one stage with a dynamic batch axis named `batch` on every input and output."""
     widths = {"user_emb": dim, "item_emb": dim, "hidden_in": hidden_dim}
     example = tuple(torch.randn(EXAMPLE_BATCH, widths[name]) for name in spec.inputs)

@@ -195,8 +195,8 @@ def export_tensorrt(
         )
     cuda = load_cuda_runtime()
     gpu = cuda.device_properties(device_id)
-    cache_path = Path(timing_cache) if timing_cache else default_timing_cache_path(
-        trt.__version__, gpu
+    cache_path = (
+        Path(timing_cache) if timing_cache else default_timing_cache_path(trt.__version__, gpu)
     )
     started = time.perf_counter()
     with checkpoint.staged_directory(
@@ -208,8 +208,9 @@ def export_tensorrt(
         )
         profile = profile_shapes(manifest["num_items"], min_batch, opt_batch, max_batch)
         engines = build_engines(trt, staging, manifest, profile, precision, cache_path, device_id)
-        parity = check_engines(trt, cuda, staging, engines, precision, verify_users, seed,
-                               device_id)
+        parity = check_engines(
+            trt, cuda, staging, engines, precision, verify_users, seed, device_id
+        )
         record = EngineRecord(
             version=trt.__version__,
             gpu_name=gpu.name,
@@ -221,8 +222,12 @@ def export_tensorrt(
         )
         manifest["tensorrt"] = record.to_json(staging)
         checkpoint.write_json(staging / "manifest.json", manifest)
-    logger.info("Exported %s with TensorRT engines to %s in %.1fs", run_dir, out_dir,
-                time.perf_counter() - started)
+    logger.info(
+        "Exported %s with TensorRT engines to %s in %.1fs",
+        run_dir,
+        out_dir,
+        time.perf_counter() - started,
+    )
     return manifest
 
 
@@ -268,8 +273,12 @@ def build_engines(
         path = engine_path(model_dir, stage["name"])
         path.write_bytes(plan)
         entries.append(EngineEntry(stage["name"], path, file_sha256(path)))
-        logger.info("Built the engine for stage %s in %.1fs (%d bytes)",
-                    stage["name"], time.perf_counter() - started, len(plan))
+        logger.info(
+            "Built the engine for stage %s in %.1fs (%d bytes)",
+            stage["name"],
+            time.perf_counter() - started,
+            len(plan),
+        )
 
     _save_timing_cache(timing_cache, timing_cache_path)
     del cache_config

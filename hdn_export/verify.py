@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from hdn_export.stages import split_stages
-from hdn_train.models.hdn import HDN
 from hdn_runtime.errors import ParityError
+from hdn_train.models.hdn import HDN
 
 logger = logging.getLogger(__name__)
 
@@ -29,9 +29,7 @@ def _session(path: Path):
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = 1
-    return onnxruntime.InferenceSession(
-        str(path), options, providers=["CPUExecutionProvider"]
-    )
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def verify_stages(
@@ -86,7 +84,10 @@ def verify_stages(
             }
             logger.info(
                 "Stage %s: max abs diff %.3g, max rel diff %.3g over %d pairs",
-                spec.name, max_abs, max_rel, len(pair_users),
+                spec.name,
+                max_abs,
+                max_rel,
+                len(pair_users),
             )
             if "hidden" in spec.outputs:
                 inputs["hidden_in"] = expected[spec.outputs.index("hidden")]

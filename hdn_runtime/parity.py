@@ -128,8 +128,9 @@ def sample_users(num_users: int, num_items: int, requested: int, seed: int) -> n
         raise ValueError(f"The number of users to compare must be >= 1, got {requested}.")
     count = min(requested, num_users, max(1, MAX_PAIRS // num_items))
     if count < min(requested, num_users):
-        logger.info("Comparing %d users instead of %d to stay within %d pairs",
-                    count, requested, MAX_PAIRS)
+        logger.info(
+            "Comparing %d users instead of %d to stay within %d pairs", count, requested, MAX_PAIRS
+        )
     rng = np.random.default_rng(seed)
     return np.sort(rng.choice(num_users, size=count, replace=False)).astype(np.int64)
 
@@ -186,8 +187,13 @@ def compare_stages(
 
         pairs = len(next(iter(stage_feeds.values())))
         report.append(StageParity(name, max_abs, max_rel, pairs, passed))
-        logger.info("Stage %s: max abs diff %.3g, max rel diff %.3g over %d pairs",
-                    name, max_abs, max_rel, pairs)
+        logger.info(
+            "Stage %s: max abs diff %.3g, max rel diff %.3g over %d pairs",
+            name,
+            max_abs,
+            max_rel,
+            pairs,
+        )
         if HIDDEN_OUTPUT in expected:
             feeds[HIDDEN_INPUT] = expected[HIDDEN_OUTPUT]
     return report

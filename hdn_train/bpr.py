@@ -18,7 +18,7 @@ from torch import nn
 
 from hdn_train.interactions import InteractionMatrix
 from hdn_train.sampling import sample_negatives
-from hdn_train.teachers import FitOptions, ProgressCallback
+from hdn_train.teachers import FitOptions, ProgressCallback, minibatch_epoch
 
 logger = logging.getLogger(__name__)
 
@@ -129,29 +129,33 @@ def fit_bpr(
     if train.nnz == 0:
         raise ValueError(f"Cannot run {phase} BPR training: the training set has no interactions.")
     optimizer = torch.optim.Adam(model.parameters(), lr=options.learning_rate)
-    num_steps = (train.nnz + options.batch_size - 1) // options.batch_size
     history = []
     for epoch in range(options.epochs):
         started = time.perf_counter()
         users, positives, negatives = (torch.from_numpy(a) for a in bpr_triples(train, rng))
 
-        model.train()
-        total_loss = 0.0
-        for step in range(num_steps):
-            batch = slice(step * options.batch_size, (step + 1) * options.batch_size)
-            loss = bpr_loss(model, users[batch], positives[batch], negatives[batch], weight_decay)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total_loss += loss.item()
-            if on_step is not None:
-                on_step(phase, epoch * num_steps + step + 1, options.epochs * num_steps)
-        model.eval()
+        def batch_loss(batch: slice) -> torch.Tensor:
+            return bpr_loss(model, users[batch], positives[batch], negatives[batch], weight_decay)
 
+        mean_loss = minibatch_epoch(
+            model,
+            optimizer,
+            len(users),
+            options.batch_size,
+            batch_loss,
+            phase,
+            epoch,
+            options.epochs,
+            on_step,
+        )
         seconds = time.perf_counter() - started
-        history.append({"epoch": epoch + 1, "loss": total_loss / num_steps, "seconds": seconds})
+        history.append({"epoch": epoch + 1, "loss": mean_loss, "seconds": seconds})
         logger.info(
             "%s epoch %d/%d: BPR loss %.4f in %.1fs",
-            phase, epoch + 1, options.epochs, total_loss / num_steps, seconds,
+            phase,
+            epoch + 1,
+            options.epochs,
+            mean_loss,
+            seconds,
         )
     return history

@@ -78,7 +78,9 @@ class TrainConfig:
         for name in ("mf_epochs", "pretrain_epochs", "teacher_epochs", "student_epochs"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}.")
-        teacher_untrained = self.teacher != "als" and self.teacher_epochs + self.pretrain_epochs == 0
+        teacher_untrained = (
+            self.teacher != "als" and self.teacher_epochs + self.pretrain_epochs == 0
+        )
         if teacher_untrained or self.student_epochs == 0:
             raise ValueError(
                 "The teacher and the student each need at least one epoch; got "
@@ -111,5 +113,7 @@ class TrainConfig:
         known = {item.name for item in fields(cls)}
         unknown = sorted(set(payload) - known)
         if unknown:
-            raise ValueError(f"Unknown training settings {unknown}; valid ones are {sorted(known)}.")
+            raise ValueError(
+                f"Unknown training settings {unknown}; valid ones are {sorted(known)}."
+            )
         return cls(**payload)

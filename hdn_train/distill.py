@@ -18,7 +18,7 @@ from hdn_train.interactions import InteractionMatrix
 from hdn_train.losses import decision_hinge_loss
 from hdn_train.models.hdn import HDN
 from hdn_train.sampling import training_pairs
-from hdn_train.teachers import FitOptions, ProgressCallback
+from hdn_train.teachers import FitOptions, ProgressCallback, minibatch_epoch
 
 logger = logging.getLogger(__name__)
 
@@ -75,9 +75,7 @@ def user_thresholds(teacher_scores: np.ndarray, gammas: Sequence[float]) -> np.n
     return thresholds
 
 
-def rejection_targets(
-    pair_teacher_scores: np.ndarray, pair_thresholds: np.ndarray
-) -> np.ndarray:
+def rejection_targets(pair_teacher_scores: np.ndarray, pair_thresholds: np.ndarray) -> np.ndarray:
     """Return float32 targets of shape (B, N): +1 (reject) below the threshold, -1 (keep) otherwise.
 
     Args:
@@ -102,8 +100,11 @@ def rejection_shares(model: HDN, users: np.ndarray) -> tuple[np.ndarray, np.ndar
     rejected_so_far = torch.cummax(rejected_by.to(torch.int8), dim=-1).values.bool()
     cumulative = rejected_so_far.float().mean(dim=(0, 1)).double().numpy()
     reaching = np.concatenate([[1.0], 1.0 - cumulative[:-1]])
-    per_module = np.where(reaching > 0, (cumulative - np.concatenate([[0.0], cumulative[:-1]]))
-                          / np.maximum(reaching, 1e-12), 0.0)
+    per_module = np.where(
+        reaching > 0,
+        (cumulative - np.concatenate([[0.0], cumulative[:-1]])) / np.maximum(reaching, 1e-12),
+        0.0,
+    )
     return cumulative, per_module
 
 
@@ -126,8 +127,9 @@ def distill_hdn(
     """Train `model` to match the teacher's scores and its per-user rejection thresholds.
 
     Loss per sampled pair: score BCE against sigmoid(teacher) plus one hinge loss per decision
-    module, with targets from `user_thresholds` (the defaults; the ablations swap the targets). Every training positive is paired with
-    `options.negatives` sampled negatives per epoch.
+    module, with targets from `user_thresholds`. These are the defaults, and the ablations swap
+    the targets. Every training positive is paired with `options.negatives` sampled negatives
+    per epoch.
 
     Args:
         model: The student, trained in place.
@@ -219,8 +221,12 @@ def distill_hdn(
         history.append(record)
         logger.info(
             "hdn epoch %d/%d: score loss %.4f, hinge loss %.4f, rejection %s in %.1fs",
-            epoch + 1, options.epochs, record["score_loss"], record["hinge_loss"],
-            record.get("rejection_share"), record["seconds"],
+            epoch + 1,
+            options.epochs,
+            record["score_loss"],
+            record["hinge_loss"],
+            record.get("rejection_share"),
+            record["seconds"],
         )
     return history
 
@@ -247,23 +253,23 @@ def distill_dot_product(
         users, items, _ = training_pairs(train, options.negatives, rng)
         soft_labels = torch.sigmoid(torch.from_numpy(teacher_scores[users, items]))
         users_t, items_t = torch.from_numpy(users), torch.from_numpy(items)
-        num_steps = (len(users) + options.batch_size - 1) // options.batch_size
 
-        model.train()
-        total = 0.0
-        for step in range(num_steps):
-            batch = slice(step * options.batch_size, (step + 1) * options.batch_size)
+        def batch_loss(batch: slice) -> torch.Tensor:
             logits = model(users_t[batch], items_t[batch])
-            loss = F.binary_cross_entropy_with_logits(logits, soft_labels[batch])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.item()
-            if on_step is not None:
-                on_step("mf-student", epoch * num_steps + step + 1, options.epochs * num_steps)
-        model.eval()
+            return F.binary_cross_entropy_with_logits(logits, soft_labels[batch])
+
+        loss = minibatch_epoch(
+            model,
+            optimizer,
+            len(users),
+            options.batch_size,
+            batch_loss,
+            "mf-student",
+            epoch,
+            options.epochs,
+            on_step,
+        )
         history.append(
-            {"epoch": epoch + 1, "score_loss": total / num_steps,
-             "seconds": time.perf_counter() - started}
+            {"epoch": epoch + 1, "score_loss": loss, "seconds": time.perf_counter() - started}
         )
     return history

@@ -245,8 +245,14 @@ class Workspace:
                 self._mf_seconds = checkpoint.read_json(path.with_suffix(".json"))["train_seconds"]
             else:
                 started = time.perf_counter()
-                fit_pointwise(model, self.train, self._options(self.config.mf_epochs),
-                              self._rng(1), "mf", self.on_step)
+                fit_pointwise(
+                    model,
+                    self.train,
+                    self._options(self.config.mf_epochs),
+                    self._rng(1),
+                    "mf",
+                    self.on_step,
+                )
                 self._mf_seconds = time.perf_counter() - started
                 if path is not None:
                     checkpoint.save_weights(path, model)
@@ -316,7 +322,9 @@ class Workspace:
             self._teacher_scores[kind] = teacher_score_matrix(teacher.score_users, self.num_users)
         return self._teacher_scores[kind]
 
-    def student(self, teacher: str, model: str, gammas: tuple[float, ...]) -> tuple[HDN, list, float]:
+    def student(
+        self, teacher: str, model: str, gammas: tuple[float, ...]
+    ) -> tuple[HDN, list, float]:
         """Train (once) the HDN network behind `model` and return it, its history and seconds."""
         variant = HDN_VARIANTS[model]
         key = (teacher, variant.training_key, gammas)
@@ -325,13 +333,21 @@ class Workspace:
             needs_teacher = "teacher" in (variant.decision_targets, variant.score_target)
             scores = self.teacher_scores(teacher) if needs_teacher else None
             rng = self._rng(3)
-            student = HDN(self.num_users, self.num_items, config.dim, config.hidden_dim,
-                          len(gammas))
+            student = HDN(
+                self.num_users, self.num_items, config.dim, config.hidden_dim, len(gammas)
+            )
             monitor = np.sort(rng.choice(self.num_users, min(300, self.num_users), replace=False))
             started = time.perf_counter()
             history = distill_hdn(
-                student, self.train, scores, gammas, self._options(config.student_epochs), rng,
-                monitor, self.on_step, decision_targets=variant.decision_targets,
+                student,
+                self.train,
+                scores,
+                gammas,
+                self._options(config.student_epochs),
+                rng,
+                monitor,
+                self.on_step,
+                decision_targets=variant.decision_targets,
                 score_target=variant.score_target,
             )
             self._students[key] = (student, history, time.perf_counter() - started)
@@ -351,9 +367,7 @@ def save_teacher(teacher: Teacher, path: Path) -> None:
         teacher.save(path)
 
 
-def load_teacher(
-    kind: str, path: Path, num_users: int, num_items: int, config: Any
-) -> Teacher:
+def load_teacher(kind: str, path: Path, num_users: int, num_items: int, config: Any) -> Teacher:
     """Rebuild a teacher of `kind` from `save_teacher` output; `config` gives the shapes."""
     if kind == "neumf":
         model = NeuMF(num_users, num_items, config.dim, tuple(config.mlp_layers))
@@ -361,7 +375,9 @@ def load_teacher(
     if kind == "convncf":
         from hdn_train.models.convncf import ConvNCF
 
-        return TorchTeacher(checkpoint.load_weights(path, ConvNCF(num_users, num_items, config.dim)))
+        return TorchTeacher(
+            checkpoint.load_weights(path, ConvNCF(num_users, num_items, config.dim))
+        )
     from hdn_train.models.als import ALSTeacher
 
     return ALSTeacher.load(path)
@@ -408,7 +424,9 @@ def run_cell(workspace: Workspace, cell: Cell) -> dict[str, Any]:
         teacher, _ = workspace.teacher(cell.teacher)
         scorer = two_stage_scorer(
             lambda users: mf.score_all(torch.from_numpy(users)).numpy(),
-            teacher.score_users, train, shortlist=100,
+            teacher.score_users,
+            train,
+            shortlist=100,
         )
     elif cell.model == "mf-student":
         scores = workspace.teacher_scores(cell.teacher)
@@ -427,8 +445,12 @@ def run_cell(workspace: Workspace, cell: Cell) -> dict[str, Any]:
         if variant.rule == "sign":
             cumulative, per_module = rejection_shares(student, np.arange(workspace.num_users))
             result["rejection"] = [
-                {"module": n + 1, "target": cell.gammas[n], "actual": float(cumulative[n]),
-                 "module_share": float(per_module[n])}
+                {
+                    "module": n + 1,
+                    "target": cell.gammas[n],
+                    "actual": float(cumulative[n]),
+                    "module_share": float(per_module[n]),
+                }
                 for n in range(len(cell.gammas))
             ]
             result["reach_share"] = float(1.0 - cumulative[-1])

@@ -60,8 +60,7 @@ def top_k_items(scores: np.ndarray, k: int, exclude: np.ndarray | None = None) -
         exclude = np.asarray(exclude, dtype=bool)
         if exclude.shape != scores.shape:
             raise ValueError(
-                f"exclude must have the same shape as scores {scores.shape}, "
-                f"got {exclude.shape}."
+                f"exclude must have the same shape as scores {scores.shape}, got {exclude.shape}."
             )
         is_nan_score = is_excluded & ~exclude
         sort_keys[exclude] = np.nan
@@ -359,7 +358,5 @@ def evaluate_full_ranking(
         logger.debug("Ranked users %d to %d", start, start + len(batch_users) - 1)
 
     metrics = accumulator.result()
-    logger.info(
-        "Evaluated %d users in %.1fs", metrics["users"], time.perf_counter() - start_time
-    )
+    logger.info("Evaluated %d users in %.1fs", metrics["users"], time.perf_counter() - start_time)
     return metrics

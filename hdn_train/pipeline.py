@@ -1,4 +1,4 @@
-"""One training run end to end: data, split, baselines, teacher, distilled HDN, metrics, run directory.
+"""One training run end to end: data, split, baselines, teacher, HDN, metrics, run directory.
 
 Run directory layout (format `hdn-run`, version 1), the contract `hdn_export` reads:
 
@@ -6,7 +6,8 @@ Run directory layout (format `hdn-run`, version 1), the contract `hdn_export` re
     user_ids.json         external id of each dense user index
     item_ids.json         external id of each dense item index
     split.safetensors     train_indptr, train_indices, test_indptr, test_indices (CSR, int64)
-    models/mf.safetensors, models/teacher.safetensors (NeuMF, ConvNCF or ALS), models/hdn.safetensors
+    models/mf.safetensors, models/hdn.safetensors
+    models/teacher.safetensors  NeuMF, ConvNCF or ALS, as config.json's `teacher` names
     metrics.json          model name -> {"ndcg@20": ..., ...}, plus the HDN rejection shares
     history.json          per-epoch losses and times of every model
     manifest.json         every file above with its size and SHA-256
@@ -44,6 +45,7 @@ from hdn_train.variants import TEACHER_MODEL
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass
 class TrainedRun:
     """Models, split and metrics of a finished run in memory, the objects a run directory stores."""
@@ -59,7 +61,9 @@ class TrainedRun:
     history: dict
 
 
-def split_dataset(dataset: Dataset, config: TrainConfig) -> tuple[InteractionMatrix, InteractionMatrix]:
+def split_dataset(
+    dataset: Dataset, config: TrainConfig
+) -> tuple[InteractionMatrix, InteractionMatrix]:
     """Return (train, test) by the configured split."""
     if config.split == "preset":
         if dataset.preset_split is None:
@@ -108,7 +112,11 @@ def train_all(config: TrainConfig, on_step: ProgressCallback | None = None) -> T
     train, test = split_dataset(dataset, config)
     logger.info(
         "Data %s: %d users, %d items, %d train and %d test interactions",
-        dataset.name, train.n_users, train.n_items, train.nnz, test.nnz,
+        dataset.name,
+        train.n_users,
+        train.n_items,
+        train.nnz,
+        test.nnz,
     )
     settings = experiment_settings(config)
     workspace = Workspace(settings, None, config.data, config.seed, (train, test), on_step)
@@ -192,9 +200,15 @@ def write_run(run: TrainedRun, out_dir: str | Path, overwrite: bool = False) -> 
         checkpoint.write_json(staging / "metrics.json", run.metrics)
         checkpoint.write_json(staging / "history.json", run.history)
         files = [
-            "config.json", "user_ids.json", "item_ids.json", "split.safetensors",
-            "models/mf.safetensors", "models/teacher.safetensors", "models/hdn.safetensors",
-            "metrics.json", "history.json",
+            "config.json",
+            "user_ids.json",
+            "item_ids.json",
+            "split.safetensors",
+            "models/mf.safetensors",
+            "models/teacher.safetensors",
+            "models/hdn.safetensors",
+            "metrics.json",
+            "history.json",
         ]
         checkpoint.write_file_manifest(
             staging,

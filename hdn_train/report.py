@@ -94,25 +94,32 @@ def aggregate(results: Iterable[dict]) -> list[dict]:
         for member in members:
             for name, value in _numeric_values(member).items():
                 values.setdefault(name, []).append(value)
-        entries.append({
-            "protocol": protocol,
-            "dataset": dataset,
-            "teacher": teacher,
-            "model": model,
-            "gammas": None if gammas is None else list(gammas),
-            "seeds": sorted(seeds),
-            "num_seeds": len(seeds),
-            "mean": {name: statistics.fmean(series) for name, series in values.items()},
-            "std": {name: _sample_std(series) for name, series in values.items()},
-        })
+        entries.append(
+            {
+                "protocol": protocol,
+                "dataset": dataset,
+                "teacher": teacher,
+                "model": model,
+                "gammas": None if gammas is None else list(gammas),
+                "seeds": sorted(seeds),
+                "num_seeds": len(seeds),
+                "mean": {name: statistics.fmean(series) for name, series in values.items()},
+                "std": {name: _sample_std(series) for name, series in values.items()},
+            }
+        )
     return entries
 
 
 def _group_key(result: dict) -> GroupKey:
     cell = result["cell"]
     gammas = None if cell.get("gammas") is None else tuple(float(g) for g in cell["gammas"])
-    return (result.get("protocol", "paper"), cell["dataset"], cell["teacher"], cell["model"],
-            gammas)
+    return (
+        result.get("protocol", "paper"),
+        cell["dataset"],
+        cell["teacher"],
+        cell["model"],
+        gammas,
+    )
 
 
 def _numeric_values(result: dict) -> dict[str, float]:
@@ -171,7 +178,8 @@ def _ordered_datasets(entries: list[dict]) -> list[str]:
 
 def _gamma_settings(entries: list[dict], teacher: str, models: Sequence[str]) -> list[tuple]:
     found = {
-        tuple(entry["gammas"]) for entry in entries
+        tuple(entry["gammas"])
+        for entry in entries
         if entry["teacher"] == teacher and entry["model"] in models and entry["gammas"]
     }
     return sorted(found)
@@ -197,8 +205,12 @@ class _Index:
 
     def __init__(self, entries: list[dict]) -> None:
         self._by_key = {
-            (entry["dataset"], entry["teacher"], entry["model"],
-             None if entry["gammas"] is None else tuple(entry["gammas"])): entry
+            (
+                entry["dataset"],
+                entry["teacher"],
+                entry["model"],
+                None if entry["gammas"] is None else tuple(entry["gammas"]),
+            ): entry
             for entry in entries
         }
 
@@ -243,8 +255,10 @@ def _metric_table(
     rows = []
     for key in _row_keys(entries, with_ablations):
         teacher, model, gammas = key
-        row = [MISSING if teacher == "-" else teacher_name(teacher),
-               model_label(model, teacher, gammas)]
+        row = [
+            MISSING if teacher == "-" else teacher_name(teacher),
+            model_label(model, teacher, gammas),
+        ]
         for dataset in datasets:
             entry = index.get(dataset, *key)
             row += [format_mean_std(entry, name) for _, name in metrics]
@@ -291,15 +305,23 @@ def table2(entries: list[dict]) -> list[ReportTable]:
                 keys = [(TEACHER_MODEL, None)] + [(model, gammas) for model in VARIANT_NAMES]
                 for model, row_gammas in keys:
                     entry = index.get(dataset, teacher, model, row_gammas)
-                    label = (model_label(model, teacher, None) if model == TEACHER_MODEL
-                             else VARIANT_NAMES[model])
+                    label = (
+                        model_label(model, teacher, None)
+                        if model == TEACHER_MODEL
+                        else VARIANT_NAMES[model]
+                    )
                     row = [label]
-                    row += [format_mean_std(entry, f"{name}@{k}")
-                            for k in cutoffs for name in ("ndcg", "hr")]
+                    row += [
+                        format_mean_std(entry, f"{name}@{k}")
+                        for k in cutoffs
+                        for name in ("ndcg", "hr")
+                    ]
                     row.append(MISSING if entry is None else str(entry["num_seeds"]))
                     rows.append(row)
-                title = (f"{dataset_name(dataset)}, {teacher_name(teacher)} teacher, "
-                         f"γ = {format_gammas(gammas)}")
+                title = (
+                    f"{dataset_name(dataset)}, {teacher_name(teacher)} teacher, "
+                    f"γ = {format_gammas(gammas)}"
+                )
                 tables.append(ReportTable(title, header, rows))
     return tables
 
@@ -312,8 +334,10 @@ def training_time_table(entries: list[dict]) -> ReportTable:
     rows = []
     for key in _row_keys(entries, with_ablations=True):
         teacher, model, gammas = key
-        row = [MISSING if teacher == "-" else teacher_name(teacher),
-               model_label(model, teacher, gammas)]
+        row = [
+            MISSING if teacher == "-" else teacher_name(teacher),
+            model_label(model, teacher, gammas),
+        ]
         for dataset in datasets:
             entry = index.get(dataset, *key)
             seconds = None if entry is None else entry["mean"].get("train_seconds")
@@ -394,14 +418,23 @@ def plot_rejection(result: dict, path: Path) -> bool:
     colours = [f"C{n}" for n in range(len(gammas))]
     for module, (gamma, colour) in enumerate(zip(gammas, colours, strict=True)):
         shares = [epoch["rejection_share"][module] for epoch in history]
-        axes.plot(epochs, shares, color=colour, marker="o", markersize=3,
-                  label=f"module {module + 1}")
-        axes.axhline(gamma, color=colour, linestyle="--", linewidth=1,
-                     label=f"target γ{module + 1} = {gamma:g}")
+        axes.plot(
+            epochs, shares, color=colour, marker="o", markersize=3, label=f"module {module + 1}"
+        )
+        axes.axhline(
+            gamma,
+            color=colour,
+            linestyle="--",
+            linewidth=1,
+            label=f"target γ{module + 1} = {gamma:g}",
+        )
 
     cell = result["cell"]
-    axes.set_title(f"Rejection during distillation: {dataset_name(cell['dataset'])}, "
-                   f"{teacher_name(cell['teacher'])} teacher, seed {cell['seed']}", fontsize=10)
+    axes.set_title(
+        f"Rejection during distillation: {dataset_name(cell['dataset'])}, "
+        f"{teacher_name(cell['teacher'])} teacher, seed {cell['seed']}",
+        fontsize=10,
+    )
     axes.set_xlabel("epoch")
     axes.set_ylabel("cumulative share of catalogue rejected")
     axes.set_ylim(0.0, 1.0)
@@ -435,8 +468,9 @@ def plot_tradeoff(hdn_entries: list[dict], teacher_entry: dict | None, path: Pat
         False, writing nothing, when no entry has both a reach share and an NDCG value.
     """
     metric = _tradeoff_metric(hdn_entries + ([teacher_entry] if teacher_entry else []))
-    points = [entry for entry in hdn_entries
-              if "reach_share" in entry["mean"] and metric in entry["mean"]]
+    points = [
+        entry for entry in hdn_entries if "reach_share" in entry["mean"] and metric in entry["mean"]
+    ]
     if metric is None or not points:
         return False
     points.sort(key=lambda entry: entry["mean"]["reach_share"])
@@ -448,19 +482,26 @@ def plot_tradeoff(hdn_entries: list[dict], teacher_entry: dict | None, path: Pat
     errors = [entry["std"][metric] for entry in points]
     axes.errorbar(reach, quality, yerr=errors, color="C0", marker="o", capsize=3, label="HDN")
     for entry, x, y in zip(points, reach, quality, strict=True):
-        axes.annotate(f"γ = {format_gammas(entry['gammas'])}", (x, y), fontsize=7,
-                      textcoords="offset points", xytext=(4, 6))
+        axes.annotate(
+            f"γ = {format_gammas(entry['gammas'])}",
+            (x, y),
+            fontsize=7,
+            textcoords="offset points",
+            xytext=(4, 6),
+        )
 
     if teacher_entry is not None and metric in teacher_entry["mean"]:
         teacher_quality = teacher_entry["mean"][metric]
         label = model_label(TEACHER_MODEL, teacher_entry["teacher"], None)
         axes.axhline(teacher_quality, color="C3", linestyle="--", linewidth=1)
-        axes.plot([1.0], [teacher_quality], color="C3", marker="s", linestyle="none",
-                  label=label)
+        axes.plot([1.0], [teacher_quality], color="C3", marker="s", linestyle="none", label=label)
 
     first = points[0]
-    axes.set_title(f"Quality against cost: {dataset_name(first['dataset'])}, "
-                   f"{teacher_name(first['teacher'])} teacher", fontsize=10)
+    axes.set_title(
+        f"Quality against cost: {dataset_name(first['dataset'])}, "
+        f"{teacher_name(first['teacher'])} teacher",
+        fontsize=10,
+    )
     axes.set_xlabel("share of catalogue reaching the scoring module")
     axes.set_ylabel(metric.replace("ndcg", "NDCG"))
     axes.set_xlim(0.0, 1.05)
@@ -484,8 +525,7 @@ def _rejection_sources(results: list[dict]) -> list[dict]:
 
     def order(result: dict) -> tuple:
         protocol, dataset, teacher, _, gammas = _group_key(result)
-        return (protocol, dataset, teacher_order.get(teacher, len(teacher_order)), teacher,
-                gammas)
+        return (protocol, dataset, teacher_order.get(teacher, len(teacher_order)), teacher, gammas)
 
     return sorted(chosen.values(), key=order)
 
@@ -497,16 +537,23 @@ def _write_figures(results: list[dict], entries: list[dict], out_dir: Path) -> d
         cell = result["cell"]
         name = rejection_figure_name(cell["dataset"], cell["teacher"], cell["gammas"])
         if plot_rejection(result, out_dir / name):
-            caption = (f"{dataset_name(cell['dataset'])}, {teacher_name(cell['teacher'])} "
-                       f"teacher, γ = {format_gammas(cell['gammas'])}, seed {cell['seed']}")
+            caption = (
+                f"{dataset_name(cell['dataset'])}, {teacher_name(cell['teacher'])} "
+                f"teacher, γ = {format_gammas(cell['gammas'])}, seed {cell['seed']}"
+            )
             figures["rejection"].append((caption, name))
 
     paper = [entry for entry in entries if entry["protocol"] == "paper"]
     index = _Index(paper)
     for dataset in _ordered_datasets(paper):
         for teacher in _ordered_teachers(paper):
-            hdn_entries = [entry for entry in paper if entry["dataset"] == dataset
-                           and entry["teacher"] == teacher and entry["model"] == "hdn"]
+            hdn_entries = [
+                entry
+                for entry in paper
+                if entry["dataset"] == dataset
+                and entry["teacher"] == teacher
+                and entry["model"] == "hdn"
+            ]
             if not hdn_entries:
                 continue
             name = tradeoff_figure_name(dataset, teacher)
@@ -543,9 +590,7 @@ def write_report(results: Sequence[dict], out_dir: str | Path) -> Path:
     """
     results = list(results)
     if not results:
-        raise ValueError(
-            f"No cell results to report into {out_dir}. Run the experiment first."
-        )
+        raise ValueError(f"No cell results to report into {out_dir}. Run the experiment first.")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     entries = aggregate(results)

@@ -1,4 +1,4 @@
-"""Negative sampling for implicit feedback: items a user has not interacted with, drawn uniformly."""
+"""Negative sampling for implicit feedback: uniformly drawn items a user has not interacted with."""
 
 from __future__ import annotations
 

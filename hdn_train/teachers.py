@@ -42,6 +42,39 @@ class FitOptions:
     negatives: int = 5
 
 
+def minibatch_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    num_rows: int,
+    batch_size: int,
+    batch_loss: Callable[[slice], torch.Tensor],
+    phase: str,
+    epoch: int,
+    epochs: int,
+    on_step: ProgressCallback | None = None,
+) -> float:
+    """Run one epoch of optimiser steps over `num_rows` pre-shuffled rows; return the mean loss.
+
+    Args:
+        batch_loss: Maps the slice of one batch's rows to its scalar loss.
+        epoch: Zero-based epoch index, for the progress callback.
+        epochs: Total epochs of the phase, for the progress callback.
+    """
+    num_steps = (num_rows + batch_size - 1) // batch_size
+    model.train()
+    total_loss = 0.0
+    for step in range(num_steps):
+        loss = batch_loss(slice(step * batch_size, (step + 1) * batch_size))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total_loss += loss.item()
+        if on_step is not None:
+            on_step(phase, epoch * num_steps + step + 1, epochs * num_steps)
+    model.eval()
+    return total_loss / max(num_steps, 1)
+
+
 def fit_pointwise(
     model: nn.Module,
     train: InteractionMatrix,
@@ -61,30 +94,29 @@ def fit_pointwise(
     history = []
     for epoch in range(options.epochs):
         started = time.perf_counter()
-        users, items, labels = training_pairs(train, options.negatives, rng)
-        users_t, items_t = torch.from_numpy(users), torch.from_numpy(items)
-        labels_t = torch.from_numpy(labels)
-        num_steps = (len(users) + options.batch_size - 1) // options.batch_size
+        users, items, labels = (
+            torch.from_numpy(array) for array in training_pairs(train, options.negatives, rng)
+        )
 
-        model.train()
-        total_loss = 0.0
-        for step in range(num_steps):
-            batch = slice(step * options.batch_size, (step + 1) * options.batch_size)
-            logits = model(users_t[batch], items_t[batch])
-            loss = F.binary_cross_entropy_with_logits(logits, labels_t[batch])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total_loss += loss.item()
-            if on_step is not None:
-                on_step(phase, epoch * num_steps + step + 1, options.epochs * num_steps)
-        model.eval()
+        def batch_loss(batch: slice) -> torch.Tensor:
+            logits = model(users[batch], items[batch])
+            return F.binary_cross_entropy_with_logits(logits, labels[batch])
 
+        loss = minibatch_epoch(
+            model,
+            optimizer,
+            len(users),
+            options.batch_size,
+            batch_loss,
+            phase,
+            epoch,
+            options.epochs,
+            on_step,
+        )
         seconds = time.perf_counter() - started
-        history.append({"epoch": epoch + 1, "loss": total_loss / num_steps, "seconds": seconds})
+        history.append({"epoch": epoch + 1, "loss": loss, "seconds": seconds})
         logger.info(
-            "%s epoch %d/%d: loss %.4f in %.1fs",
-            phase, epoch + 1, options.epochs, total_loss / num_steps, seconds,
+            "%s epoch %d/%d: loss %.4f in %.1fs", phase, epoch + 1, options.epochs, loss, seconds
         )
     return history
 
@@ -125,8 +157,9 @@ class TorchTeacher:
         users_t = torch.from_numpy(np.asarray(users, np.int64))
         items_t = torch.from_numpy(np.asarray(items, np.int64))
         chunks = [
-            self.model(users_t[start : start + self.batch_pairs],
-                       items_t[start : start + self.batch_pairs])
+            self.model(
+                users_t[start : start + self.batch_pairs], items_t[start : start + self.batch_pairs]
+            )
             for start in range(0, len(users_t), self.batch_pairs)
         ]
         if not chunks:

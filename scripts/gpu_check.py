@@ -38,8 +38,18 @@ def module_version(name: str) -> str:
 
 def report_environment() -> None:
     print(f"python: {sys.version.split()[0]} at {sys.executable}")
-    for name in ("numpy", "onnx", "onnxscript", "onnxruntime", "tensorrt", "cupy", "typer",
-                 "rich", "safetensors", "pooch"):
+    for name in (
+        "numpy",
+        "onnx",
+        "onnxscript",
+        "onnxruntime",
+        "tensorrt",
+        "cupy",
+        "typer",
+        "rich",
+        "safetensors",
+        "pooch",
+    ):
         print(f"{name}: {module_version(name)}")
     print(f"cuda-python: {module_version('cuda.bindings')}")
 
@@ -52,8 +62,10 @@ def report_environment() -> None:
     try:
         import torch
 
-        print(f"torch: {torch.__version__}, torch.version.cuda: {torch.version.cuda}, "
-              f"cuda available: {torch.cuda.is_available()}")
+        print(
+            f"torch: {torch.__version__}, torch.version.cuda: {torch.version.cuda}, "
+            f"cuda available: {torch.cuda.is_available()}"
+        )
         if torch.cuda.is_available():
             print(f"torch device 0: {torch.cuda.get_device_name(0)}")
     except ImportError as err:
@@ -78,8 +90,9 @@ def backend_availability() -> list[str]:
     lines = []
     for name, check in checks.items():
         reason = check()
-        lines.append(f"backend {name}: " + ("available" if reason is None else f"UNAVAILABLE: "
-                                             f"{reason}"))
+        lines.append(
+            f"backend {name}: " + ("available" if reason is None else f"UNAVAILABLE: {reason}")
+        )
     return lines
 
 
@@ -96,8 +109,9 @@ def write_synthetic_data(path: Path, num_users: int = 600, num_items: int = 800)
         lines += [f"u{user},i{item}" for item in set(picks)]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
-    print(f"wrote {len(lines) - 1} interactions of {num_users} users and {num_items} items to "
-          f"{path}")
+    print(
+        f"wrote {len(lines) - 1} interactions of {num_users} users and {num_items} items to {path}"
+    )
 
 
 def time_backend(recommender_class, backend: str, model_dir: Path, k: int, repeats: int):
@@ -114,8 +128,10 @@ def time_backend(recommender_class, backend: str, model_dir: Path, k: int, repea
         load_seconds = time.perf_counter() - started
         first_user = recommender.user_ids[0]
         (result,) = recommender.recommend([first_user], k=5)
-        print(f"user {first_user}: top-5 items {result.item_ids}, scores "
-              f"{np.round(result.scores, 4).tolist()}")
+        print(
+            f"user {first_user}: top-5 items {result.item_ids}, scores "
+            f"{np.round(result.scores, 4).tolist()}"
+        )
 
         users = np.arange(recommender.num_users)
         recommender.recommend_indices(users[:64], k)  # warm-up: allocations, lazy init
@@ -151,16 +167,15 @@ def benchmark(models: dict[str, Path], k: int, repeats: int) -> int:
         if reference is None:
             reference = items
         else:
-            overlap = np.mean([
-                len(np.intersect1d(want, got)) / k for want, got in zip(reference, items)
-            ])
+            overlap = np.mean(
+                [len(np.intersect1d(want, got)) / k for want, got in zip(reference, items)]
+            )
             print(f"top-{k} overlap with backend {next(iter(models))}: {overlap:.4f}")
 
     print(f"\nTop-{k} for all users, best of {repeats} (after one warm-up call):")
     print(f"{'backend':>10} {'load s':>8} {'all users s':>12} {'users/s':>10} {'in stages s':>12}")
     for backend, load_seconds, seconds, rate, stage_total in rows:
-        print(f"{backend:>10} {load_seconds:8.2f} {seconds:12.3f} {rate:10.0f} "
-              f"{stage_total:12.3f}")
+        print(f"{backend:>10} {load_seconds:8.2f} {seconds:12.3f} {rate:10.0f} {stage_total:12.3f}")
     return failures
 
 
@@ -171,8 +186,13 @@ def main() -> int:
     synthetic = commands.add_parser("synthetic-data", help="write a fallback CSV data set")
     synthetic.add_argument("path", type=Path)
     bench = commands.add_parser("bench", help="recommend and time top-k through each backend")
-    bench.add_argument("--model", action="append", default=[], metavar="BACKEND=DIR",
-                       help="backend and model directory; repeat for each backend")
+    bench.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="BACKEND=DIR",
+        help="backend and model directory; repeat for each backend",
+    )
     bench.add_argument("--k", type=int, default=20)
     bench.add_argument("--repeats", type=int, default=3)
     arguments = parser.parse_args()
@@ -187,8 +207,13 @@ def main() -> int:
     unknown = set(models) - set(BACKENDS)
     if unknown:
         parser.error(f"unknown backends {sorted(unknown)}; use {list(BACKENDS)}")
-    return 1 if benchmark({name: Path(path) for name, path in models.items()}, arguments.k,
-                          arguments.repeats) else 0
+    return (
+        1
+        if benchmark(
+            {name: Path(path) for name, path in models.items()}, arguments.k, arguments.repeats
+        )
+        else 0
+    )
 
 
 if __name__ == "__main__":

@@ -27,7 +27,9 @@ if SHARED_DATA.is_dir():
     os.environ.setdefault("HDN_DATA_HOME", str(SHARED_DATA))
 
 
-def write_synthetic_csv(path: Path, num_users: int = 60, num_items: int = 40, seed: int = 0) -> Path:
+def write_synthetic_csv(
+    path: Path, num_users: int = 60, num_items: int = 40, seed: int = 0
+) -> Path:
     """Write interactions with two taste groups, so a model has something to learn.
 
     Users in group g mostly pick items of group g; ids are strings such as 'u7' and 'i12' so
@@ -66,7 +68,11 @@ def trained_run(synthetic_csv, tmp_path_factory):
 
     # A learning rate of 0.01 lets the few epochs reach the rejection targets on this tiny set.
     config = TrainConfig(
-        data=str(synthetic_csv), dim=8, hidden_dim=8, batch_size=64, learning_rate=0.01,
+        data=str(synthetic_csv),
+        dim=8,
+        hidden_dim=8,
+        batch_size=64,
+        learning_rate=0.01,
         **TINY_EPOCHS,
     )
     run = train_all(config)
@@ -90,5 +96,3 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "ml-100k" / "u.data").is_file():
         pytest.skip(f"MovieLens copy not found at {SHARED_DATA}")
     return SHARED_DATA
-
-

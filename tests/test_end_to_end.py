@@ -15,7 +15,11 @@ SCORE_TIE = 1e-5  # float32 scores closer than this may swap order between backe
 @pytest.fixture(scope="module")
 def movielens_model(shared_data, tmp_path_factory):
     config = TrainConfig(
-        data=str(shared_data / "ml-100k"), mf_epochs=1, pretrain_epochs=0, teacher_epochs=2, student_epochs=4
+        data=str(shared_data / "ml-100k"),
+        mf_epochs=1,
+        pretrain_epochs=0,
+        teacher_epochs=2,
+        student_epochs=4,
     )
     run = train_all(config)
     root = tmp_path_factory.mktemp("ml100k")

@@ -139,14 +139,17 @@ def parse_engine_record(raw: Any, manifest: Manifest, manifest_path: Path) -> En
     raw_engines = raw.get("engines")
     names = [entry.get("name") for entry in raw_engines or [] if isinstance(entry, dict)]
     if not isinstance(raw_engines, list) or names != expected_names:
-        raise invalid(f"'engines' lists stages {names}, expected one engine per stage "
-                      f"{expected_names}")
+        raise invalid(
+            f"'engines' lists stages {names}, expected one engine per stage {expected_names}"
+        )
     engines = []
     for entry in raw_engines:
         relative, sha256 = entry.get("path"), entry.get("sha256")
-        if not isinstance(relative, str) or Path(relative).is_absolute() or ".." in Path(
-            relative
-        ).parts:
+        if (
+            not isinstance(relative, str)
+            or Path(relative).is_absolute()
+            or ".." in Path(relative).parts
+        ):
             raise invalid(f"engine path {relative!r} must be relative to the model directory")
         if not isinstance(sha256, str) or len(sha256) != 64:
             raise invalid(f"engine sha256 {sha256!r} must be 64 hex digits")
@@ -203,7 +206,8 @@ def check_engine_record(record: EngineRecord, tensorrt_version: str, gpu: GpuPro
     if differences:
         raise EngineMismatchError(
             "The model's TensorRT engines were built for another setup: "
-            + "; ".join(differences) + f". {REBUILD_HINT}"
+            + "; ".join(differences)
+            + f". {REBUILD_HINT}"
         )
 
 

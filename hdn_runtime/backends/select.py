@@ -68,8 +68,7 @@ def choose_backend(
     if requested == "cuda":
         if cuda_problem is not None:
             raise BackendUnavailableError(
-                f"backend='cuda' cannot run: {cuda_problem}. Pass backend='cpu' to run on the "
-                "CPU."
+                f"backend='cuda' cannot run: {cuda_problem}. Pass backend='cpu' to run on the CPU."
             )
         return "cuda", []
 

@@ -60,9 +60,7 @@ def split_batches(num_rows: int, max_rows: int) -> list[slice]:
         raise ValueError(f"num_rows must be an integer >= 0, got {num_rows!r}.")
     if not _is_int(max_rows) or max_rows < 1:
         raise ValueError(f"max_rows must be an integer >= 1, got {max_rows!r}.")
-    return [
-        slice(start, min(start + max_rows, num_rows)) for start in range(0, num_rows, max_rows)
-    ]
+    return [slice(start, min(start + max_rows, num_rows)) for start in range(0, num_rows, max_rows)]
 
 
 def import_tensorrt():
@@ -212,7 +210,10 @@ class TensorRTBackend(StageBackend):
             raise
         logger.debug(
             "Loaded engine %s on device %d: batch %d..%d",
-            self.path, device_id, self.min_rows, self.max_rows,
+            self.path,
+            device_id,
+            self.min_rows,
+            self.max_rows,
         )
 
     @property
@@ -231,9 +232,7 @@ class TensorRTBackend(StageBackend):
         for index in range(engine.num_io_tensors):
             name = engine.get_tensor_name(index)
             is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
-            shape = tuple(
-                None if size < 0 else int(size) for size in engine.get_tensor_shape(name)
-            )
+            shape = tuple(None if size < 0 else int(size) for size in engine.get_tensor_shape(name))
             if any(size is None for size in shape[1:]):
                 raise ModelFormatError(
                     f"Tensor {name!r} of engine {self.path} has shape {shape}; only the batch "
@@ -244,8 +243,8 @@ class TensorRTBackend(StageBackend):
             if is_input:
                 profile_min, _, profile_max = engine.get_tensor_profile_shape(name, 0)
                 min_rows = max(min_rows, int(profile_min[0]))
-                max_rows = int(profile_max[0]) if max_rows is None else min(
-                    max_rows, int(profile_max[0])
+                max_rows = (
+                    int(profile_max[0]) if max_rows is None else min(max_rows, int(profile_max[0]))
                 )
         if max_rows is None or max_rows < min_rows:
             raise ModelFormatError(

@@ -80,8 +80,7 @@ class ALSOptions:
             )
         if self.num_threads < 0:
             raise ValueError(
-                f"num_threads must be at least 0, got {self.num_threads}. Pass 0 to use every "
-                "core."
+                f"num_threads must be at least 0, got {self.num_threads}. Pass 0 to use every core."
             )
 
 
@@ -174,8 +173,13 @@ class ALSTeacher:
         logger.info(
             "Fitting ALS on %d users x %d items (%d pairs): factors=%d, regularization=%g, "
             "alpha=%g, iterations=%d",
-            train.n_users, train.n_items, train.nnz, options.factors,
-            options.regularization, options.alpha, options.iterations,
+            train.n_users,
+            train.n_items,
+            train.nnz,
+            options.factors,
+            options.regularization,
+            options.alpha,
+            options.iterations,
         )
         started = time.perf_counter()
         # implicit advises a single BLAS thread because its solver threads already use every

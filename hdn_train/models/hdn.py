@@ -30,7 +30,7 @@ class DecisionModule(nn.Module):
         self.transform = nn.Linear(input_dim, hidden_dim, bias=False)  # W_n
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (d_n of shape (B,), h_n of shape (B, hidden_dim)) for x of shape (B, input_dim)."""
+        """Return d_n, shape (B,), and h_n, shape (B, hidden_dim), for x of shape (B, input_dim)."""
         return self.decision(x).squeeze(-1), torch.relu(self.transform(x))
 
 

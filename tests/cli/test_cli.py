@@ -26,8 +26,18 @@ from cli.main import NOISY_LOGGERS, app  # noqa: E402
 RUNNER = CliRunner(env={"COLUMNS": "200", "HDN_DEBUG": None})
 
 TINY_TRAIN_OPTIONS = (
-    "--dim", "8", "--mf-epochs", "1", "--pretrain-epochs", "1", "--teacher-epochs", "1",
-    "--student-epochs", "1", "--batch-size", "64",
+    "--dim",
+    "8",
+    "--mf-epochs",
+    "1",
+    "--pretrain-epochs",
+    "1",
+    "--teacher-epochs",
+    "1",
+    "--student-epochs",
+    "1",
+    "--batch-size",
+    "64",
 )
 MODEL_KEYS = ("poprank", "mf", "neumf", "hdn")
 METRIC_KEYS = ("ndcg@20", "hr@20", "recall@20", "ndcg@10")
@@ -304,7 +314,14 @@ def test_recommend_quota_rule(exported_model):
     user_ids, item_ids = model_ids(exported_model)
     assert len(item_ids) == 40
     result = invoke(
-        "recommend", exported_model, "--user", user_ids[0], "--k", 5, "--rule", "quota",
+        "recommend",
+        exported_model,
+        "--user",
+        user_ids[0],
+        "--k",
+        5,
+        "--rule",
+        "quota",
         "--include-seen",
     )
     assert result.exit_code == 0, result.output
@@ -330,9 +347,7 @@ def test_recommend_unknown_user_hint(exported_model):
 
 def test_recommend_popular_fallback(exported_model):
     _, item_ids = model_ids(exported_model)
-    result = invoke(
-        "recommend", exported_model, "--user", "nobody", "--k", 5, "--popular-fallback"
-    )
+    result = invoke("recommend", exported_model, "--user", "nobody", "--k", 5, "--popular-fallback")
     assert result.exit_code == 0, result.output
     # Rich wraps a title wider than its table, so compare with whitespace collapsed.
     assert "user nobody (popularity fallback)" in " ".join(result.stdout.split())

@@ -17,7 +17,10 @@ from hdn_train.experiment import ExperimentConfig, grid_cells
 RUNNER = CliRunner(env={"COLUMNS": "200", "HDN_DEBUG": None})
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "experiments"
 EXAMPLE_FILES = (
-    "ml1m_paper.toml", "ml1m_ablations.toml", "ml100k_paper.toml", "ml1m_loo.toml",
+    "ml1m_paper.toml",
+    "ml1m_ablations.toml",
+    "ml100k_paper.toml",
+    "ml1m_loo.toml",
     "tradeoff_ml1m.toml",
 )
 ABLATIONS = {"hdn-nd", "hdn-nr", "hdn-nr-", "hdn-nr-nd"}
@@ -170,7 +173,8 @@ def test_experiment_unknown_key(synthetic_csv, tmp_path):
 def test_experiment_unknown_model(synthetic_csv, tmp_path):
     config = tmp_path / "bad_model.toml"
     config.write_text(
-        write_config(tmp_path / "base.toml", synthetic_csv).read_text()
+        write_config(tmp_path / "base.toml", synthetic_csv)
+        .read_text()
         .replace('"hdn"]', '"hdn-xx"]')
     )
     result = invoke("experiment", config, "--out", tmp_path / "experiment")

@@ -113,8 +113,18 @@ def test_export_trt_fails_fast_with_install_hint(trained_run, tmp_path):
     _, run_dir = trained_run
     model_dir = tmp_path / "out" / "model"
 
-    result = invoke("export", run_dir, "--format", "trt", "--out", model_dir,
-                    "--precision", "fp16", "--max-batch", 4096)
+    result = invoke(
+        "export",
+        run_dir,
+        "--format",
+        "trt",
+        "--out",
+        model_dir,
+        "--precision",
+        "fp16",
+        "--max-batch",
+        4096,
+    )
 
     assert_reported_error(result)
     assert "pip install 'hdn[gpu]'" in result.stderr
@@ -139,8 +149,18 @@ def test_export_onnx_rejects_trt_options(trained_run, tmp_path, option):
 def test_export_trt_rejects_bad_profile(trained_run, tmp_path):
     _, run_dir = trained_run
 
-    result = invoke("export", run_dir, "--format", "trt", "--out", tmp_path / "model",
-                    "--min-batch", 64, "--opt-batch", 8)
+    result = invoke(
+        "export",
+        run_dir,
+        "--format",
+        "trt",
+        "--out",
+        tmp_path / "model",
+        "--min-batch",
+        64,
+        "--opt-batch",
+        8,
+    )
 
     assert_reported_error(result)
     assert "got min=64, opt=8" in result.stderr

@@ -210,8 +210,9 @@ def test_export_reuses_timing_cache(fake_export, fake_gpu, trained_run, tmp_path
     assert cache_path.read_bytes() == b"t" * num_stages
 
     _, run_dir = trained_run
-    export_tensorrt(run_dir, tmp_path / "fp16", precision="fp16", timing_cache=cache_path,
-                    verify_users=2)
+    export_tensorrt(
+        run_dir, tmp_path / "fp16", precision="fp16", timing_cache=cache_path, verify_users=2
+    )
 
     assert cache_path.read_bytes() == b"t" * 2 * num_stages
     assert all(build["flags"] == {"fp16", "tf32"} for build in fake_gpu.builds[num_stages:])
@@ -248,8 +249,9 @@ def test_export_engine_parity_failure(trained_run, fake_gpu, tmp_path, monkeypat
     monkeypatch.setitem(tensorrt_export.TOLERANCES, "fp32", Tolerance(-1.0, 0.0))
 
     with pytest.raises(ParityError, match="fp32 TensorRT engines differ") as caught:
-        export_tensorrt(run_dir, tmp_path / "model", timing_cache=tmp_path / "timing.cache",
-                        verify_users=2)
+        export_tensorrt(
+            run_dir, tmp_path / "model", timing_cache=tmp_path / "timing.cache", verify_users=2
+        )
 
     assert "decision_1" in caught.value.max_abs_diff
     assert not (tmp_path / "model").exists()
@@ -296,8 +298,14 @@ def test_real_engines_split_large_batches(trained_run, tmp_path):
     _, run_dir = trained_run
     model_dir = tmp_path / "model"
     # A max batch below one user's catalogue makes every stage-1 call run in chunks.
-    export_tensorrt(run_dir, model_dir, min_batch=4, opt_batch=8, max_batch=16,
-                    timing_cache=tmp_path / "timing.cache")
+    export_tensorrt(
+        run_dir,
+        model_dir,
+        min_batch=4,
+        opt_batch=8,
+        max_batch=16,
+        timing_cache=tmp_path / "timing.cache",
+    )
 
     with Recommender.load(model_dir, backend="cpu") as cpu:
         expected = cpu.recommend_indices(np.arange(20), k=10)

@@ -102,7 +102,10 @@ def _expected_choice(requested, has_engines, trt_ok, cuda_ok):
 def test_choose_backend_table(requested, has_engines, trt_ok, cuda_ok):
     expected = _expected_choice(requested, has_engines, trt_ok, cuda_ok)
     arguments = (
-        requested, has_engines, None if trt_ok else TRT_PROBLEM, None if cuda_ok else CUDA_PROBLEM
+        requested,
+        has_engines,
+        None if trt_ok else TRT_PROBLEM,
+        None if cuda_ok else CUDA_PROBLEM,
     )
 
     if isinstance(expected, str):
@@ -238,8 +241,12 @@ def trt_model_dir(synthetic_model, tmp_path) -> Path:
     return model_dir
 
 
-def add_fake_engines(model_dir: Path, profile: dict[str, int], version: str = FAKE_VERSION,
-                     gpu: GpuProperties = FAKE_GPU) -> EngineRecord:
+def add_fake_engines(
+    model_dir: Path,
+    profile: dict[str, int],
+    version: str = FAKE_VERSION,
+    gpu: GpuProperties = FAKE_GPU,
+) -> EngineRecord:
     """Write a fake engine per stage and record them in the manifest, as the exporter does."""
     raw = read_manifest_json(model_dir)
     engines = []
@@ -248,8 +255,9 @@ def add_fake_engines(model_dir: Path, profile: dict[str, int], version: str = FA
         path.parent.mkdir(exist_ok=True)
         path.write_bytes(fake_plan((model_dir / stage["path"]).read_bytes(), profile))
         engines.append(EngineEntry(stage["name"], path, file_sha256(path)))
-    record = EngineRecord(version, gpu.name, gpu.compute_capability, "fp32", dict(profile),
-                          tuple(engines), parity={})
+    record = EngineRecord(
+        version, gpu.name, gpu.compute_capability, "fp32", dict(profile), tuple(engines), parity={}
+    )
     raw["tensorrt"] = record.to_json(model_dir)
     write_manifest(model_dir, raw)
     return record
@@ -263,7 +271,10 @@ def test_engine_record_round_trip(trt_model_dir):
     assert record.compute_capability == FAKE_GPU.compute_capability
     assert record.profile == PROFILE
     assert [entry.name for entry in record.engines] == [
-        "decision_1", "decision_2", "decision_3", "score"
+        "decision_1",
+        "decision_2",
+        "decision_3",
+        "score",
     ]
     assert record.engines[0].path == trt_model_dir / "engines" / "decision_1.plan"
     raw = read_manifest_json(trt_model_dir)["tensorrt"]
@@ -325,8 +336,11 @@ def test_check_engine_record_accepts_same_setup(trt_model_dir):
     ("version", "gpu", "expected"),
     [
         ("10.1.0", FAKE_GPU, f"TensorRT {FAKE_VERSION} built them, this process has 10.1.0"),
-        (FAKE_VERSION, GpuProperties(FAKE_GPU.name, "8.6"), "compute capability 9.0, this GPU "
-         "has 8.6"),
+        (
+            FAKE_VERSION,
+            GpuProperties(FAKE_GPU.name, "8.6"),
+            "compute capability 9.0, this GPU has 8.6",
+        ),
         (FAKE_VERSION, GpuProperties("Other GPU", "9.0"), "this GPU is 'Other GPU'"),
     ],
 )
@@ -548,7 +562,8 @@ def test_cuda_provider_fallback_detected(synthetic_model, monkeypatch):
 
     model_dir, _ = synthetic_model
     monkeypatch.setattr(
-        onnxruntime, "get_available_providers",
+        onnxruntime,
+        "get_available_providers",
         lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"],
     )
     monkeypatch.setattr(onnxruntime, "InferenceSession", _SessionWithoutCuda)
@@ -584,7 +599,8 @@ def test_cuda_provider_gets_device_id(synthetic_model, monkeypatch):
 
     model_dir, _ = synthetic_model
     monkeypatch.setattr(
-        onnxruntime, "get_available_providers",
+        onnxruntime,
+        "get_available_providers",
         lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"],
     )
     monkeypatch.setattr(onnxruntime, "InferenceSession", RecordingSession)
@@ -671,10 +687,12 @@ def test_gpu_unavailable_reason_cases():
 
 # ----------------------------------------------------------------------------- real GPU
 
+
 @pytest.mark.gpu
-@pytest.mark.skipif(select.cuda_unavailable_reason() is not None,
-                    reason=f"ONNX Runtime CUDA provider unavailable: "
-                    f"{select.cuda_unavailable_reason()}")
+@pytest.mark.skipif(
+    select.cuda_unavailable_reason() is not None,
+    reason=f"ONNX Runtime CUDA provider unavailable: {select.cuda_unavailable_reason()}",
+)
 def test_cuda_backend_matches_cpu_on_gpu(synthetic_model):
     model_dir, _ = synthetic_model
     users = np.arange(NUM_USERS)
@@ -686,4 +704,3 @@ def test_cuda_backend_matches_cpu_on_gpu(synthetic_model):
     # The synthetic model's sums are exact in float32, so any correct backend agrees exactly.
     for want, got in zip(expected, actual):
         np.testing.assert_array_equal(got, want)
-

@@ -93,8 +93,9 @@ def test_score_users_matches_score_pairs(teacher):
 def test_score_pairs_in_several_batches(split, teacher):
     chunked = ALSTeacher(teacher.user_factors, teacher.item_factors, batch_pairs=7)
     users, items = split[0].to_pairs()
-    np.testing.assert_array_equal(chunked.score_pairs(users, items),
-                                  teacher.score_pairs(users, items))
+    np.testing.assert_array_equal(
+        chunked.score_pairs(users, items), teacher.score_pairs(users, items)
+    )
 
 
 def test_score_pairs_empty_input(teacher):

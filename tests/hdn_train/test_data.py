@@ -7,11 +7,11 @@ import hashlib
 import http.server
 import json
 import logging
+import os
 import re
 import threading
 import zipfile
 from collections.abc import Iterator
-import os
 from pathlib import Path
 
 import numpy as np
@@ -284,7 +284,7 @@ def test_id_maps_missing_file(tmp_path):
         data.load_id_maps(tmp_path)
 
 
-@pytest.mark.parametrize("content", ['{"a": 1}', "[1, 2]", "[\n  \"1\",\n"])
+@pytest.mark.parametrize("content", ['{"a": 1}', "[1, 2]", '[\n  "1",\n'])
 def test_id_maps_invalid_content(tmp_path, content):
     write(tmp_path / "user_ids.json", content)
     write(tmp_path / "item_ids.json", "[]")

@@ -67,7 +67,11 @@ def test_distillation_reaches_rejection_targets():
     torch.manual_seed(0)
     model = HDN(num_users, num_items, dim=8, hidden_dim=8, num_decisions=2)
     history = distill_hdn(
-        model, train, teacher, [0.5, 0.75], FitOptions(epochs=30, batch_size=64, negatives=10),
+        model,
+        train,
+        teacher,
+        [0.5, 0.75],
+        FitOptions(epochs=30, batch_size=64, negatives=10),
         rng,
     )
     cumulative, per_module = rejection_shares(model, np.arange(num_users))
@@ -81,5 +85,11 @@ def test_distillation_needs_one_gamma_per_module():
     model = HDN(2, 4, dim=2, hidden_dim=2, num_decisions=2)
     train = InteractionMatrix.from_pairs(np.array([0]), np.array([1]), 2, 4)
     with pytest.raises(ValueError, match="2 decision modules"):
-        distill_hdn(model, train, np.zeros((2, 4), np.float32), [0.5], FitOptions(epochs=1),
-                    np.random.default_rng(0))
+        distill_hdn(
+            model,
+            train,
+            np.zeros((2, 4), np.float32),
+            [0.5],
+            FitOptions(epochs=1),
+            np.random.default_rng(0),
+        )

@@ -292,9 +292,7 @@ def test_accumulator_sums_before_dividing(hand_case):
     accumulator.add(top_items[:1], test, users[:1])
     accumulator.add(top_items[1:], test, users[1:])
 
-    assert accumulator.result() == pytest.approx(
-        ranking_metrics(top_items, test, users, ks=(2, 4))
-    )
+    assert accumulator.result() == pytest.approx(ranking_metrics(top_items, test, users, ks=(2, 4)))
 
 
 def test_accumulator_empty_batch_changes_nothing(hand_case):

@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
+from hdn_train.interactions import InteractionMatrix
 from hdn_train.models.baselines import MatrixFactorization, PopRank
 from hdn_train.models.hdn import HDN
 from hdn_train.models.neumf import GMF, MLP, NeuMF
-from hdn_train.interactions import InteractionMatrix
 
 
 def test_poprank_scores_are_train_counts():

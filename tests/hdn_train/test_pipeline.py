@@ -83,8 +83,13 @@ def test_config_rejects_bad_settings(settings, message):
 @pytest.mark.parametrize("teacher", ["als", "convncf"])
 def test_other_teachers_train_and_reload(synthetic_csv, tiny_epochs, teacher, tmp_path):
     config = TrainConfig(
-        data=str(synthetic_csv), teacher=teacher, dim=8, hidden_dim=8, batch_size=64,
-        convncf_pretrain_epochs=1, **tiny_epochs,
+        data=str(synthetic_csv),
+        teacher=teacher,
+        dim=8,
+        hidden_dim=8,
+        batch_size=64,
+        convncf_pretrain_epochs=1,
+        **tiny_epochs,
     )
     run = train_all(config)
     assert teacher in run.metrics
@@ -99,7 +104,11 @@ def test_other_teachers_train_and_reload(synthetic_csv, tiny_epochs, teacher, tm
 def test_extra_models_are_evaluated(synthetic_csv, tiny_epochs):
     extras = ("mf-student", "two-stage", "hdn-nd", "hdn-nr-", "hdn-nr-nd")
     config = TrainConfig(
-        data=str(synthetic_csv), dim=8, hidden_dim=8, batch_size=64, extra_models=extras,
+        data=str(synthetic_csv),
+        dim=8,
+        hidden_dim=8,
+        batch_size=64,
+        extra_models=extras,
         **tiny_epochs,
     )
     metrics = train_all(config).metrics

@@ -15,8 +15,16 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 GAMMAS = [0.5, 0.75, 0.875]
 TRADE_OFF_GAMMAS = [0.75, 0.875, 0.9375]
 ALL_MODELS = [
-    "poprank", "mf", "teacher", "two-stage", "mf-student",
-    "hdn", "hdn-nd", "hdn-nr", "hdn-nr-", "hdn-nr-nd",
+    "poprank",
+    "mf",
+    "teacher",
+    "two-stage",
+    "mf-student",
+    "hdn",
+    "hdn-nd",
+    "hdn-nr",
+    "hdn-nr-",
+    "hdn-nr-nd",
 ]
 MEAN_STD = re.compile(r"^\d\.\d{3} ± \d\.\d{3}$")
 MEAN_ONLY = re.compile(r"^\d\.\d{3}$")
@@ -41,8 +49,13 @@ def make_result(
     else:
         metrics = {"ndcg@10": ndcg, "hr@10": 2 * ndcg}
     return {
-        "cell": {"dataset": dataset, "teacher": teacher, "model": model, "gammas": gammas,
-                 "seed": seed},
+        "cell": {
+            "dataset": dataset,
+            "teacher": teacher,
+            "model": model,
+            "gammas": gammas,
+            "seed": seed,
+        },
         "protocol": protocol,
         "metrics": metrics,
         "train_seconds": train_seconds,
@@ -67,8 +80,10 @@ def markdown_rows(section: str) -> list[list[str]]:
 
 
 def test_aggregate_mean_and_sample_std():
-    results = [make_result("mf", seed, ndcg, train_seconds=seconds)
-               for seed, ndcg, seconds in ((0, 0.1, 2.0), (1, 0.2, 4.0), (2, 0.3, 6.0))]
+    results = [
+        make_result("mf", seed, ndcg, train_seconds=seconds)
+        for seed, ndcg, seconds in ((0, 0.1, 2.0), (1, 0.2, 4.0), (2, 0.3, 6.0))
+    ]
     (entry,) = aggregate(results)
     assert entry["num_seeds"] == 3
     assert entry["seeds"] == [0, 1, 2]
@@ -136,8 +151,15 @@ def test_table1_missing_cell_dash():
         make_result("teacher", 0, 0.3, dataset="first"),
     ]
     table = table1(aggregate(results), 20)
-    assert table.header == ["teacher", "model", "first NDCG@20", "first HR@20",
-                            "second NDCG@20", "second HR@20", "seeds"]
+    assert table.header == [
+        "teacher",
+        "model",
+        "first NDCG@20",
+        "first HR@20",
+        "second NDCG@20",
+        "second HR@20",
+        "seeds",
+    ]
     rows = {row[1]: row for row in table.rows}
     assert rows["NeuMF (teacher)"][2:4] == ["0.300", "0.600"]
     assert rows["NeuMF (teacher)"][4:6] == ["–", "–"]
@@ -145,8 +167,10 @@ def test_table1_missing_cell_dash():
 
 
 def test_headline_table_loo_protocol():
-    results = [make_result(model, 0, 0.4, protocol="loo", gammas=GAMMAS if model == "hdn" else None)
-               for model in ("poprank", "mf", "teacher", "hdn")]
+    results = [
+        make_result(model, 0, 0.4, protocol="loo", gammas=GAMMAS if model == "hdn" else None)
+        for model in ("poprank", "mf", "teacher", "hdn")
+    ]
     table = headline_table(aggregate(results))
     assert table is not None
     assert "Leave-one-out" in table.title
@@ -183,10 +207,21 @@ def test_write_report_without_history_no_figures(tmp_path):
 def experiment_dir(synthetic_csv, tmp_path_factory) -> Path:
     """A finished two-seed experiment on the synthetic data: every model, NeuMF teacher."""
     config = ExperimentConfig(
-        datasets=[str(synthetic_csv)], teachers=["neumf"], models=ALL_MODELS,
-        gamma_settings=[GAMMAS], seeds=[0, 1], trade_off_gammas=[TRADE_OFF_GAMMAS],
-        dim=8, hidden_dim=8, mlp_layers=[16, 8], batch_size=64, learning_rate=0.01,
-        mf_epochs=1, pretrain_epochs=1, neumf_epochs=1, student_epochs=3,
+        datasets=[str(synthetic_csv)],
+        teachers=["neumf"],
+        models=ALL_MODELS,
+        gamma_settings=[GAMMAS],
+        seeds=[0, 1],
+        trade_off_gammas=[TRADE_OFF_GAMMAS],
+        dim=8,
+        hidden_dim=8,
+        mlp_layers=[16, 8],
+        batch_size=64,
+        learning_rate=0.01,
+        mf_epochs=1,
+        pretrain_epochs=1,
+        neumf_epochs=1,
+        student_epochs=3,
     )
     directory = tmp_path_factory.mktemp("experiment")
     run_experiment(config, directory)
@@ -211,8 +246,13 @@ def test_report_table1_rows_in_order(report):
     rows = markdown_rows(markdown_section(text, "Table 1: NDCG and HR at K = 20"))
     labels = [row[1] for row in rows]
     assert labels == [
-        "PopRank", "MF", "MF top-100 + NeuMF", "NeuMF (teacher)", "MF student",
-        "HDN (γ = 0.5/0.75/0.875)", "HDN (γ = 0.75/0.875/0.9375)",
+        "PopRank",
+        "MF",
+        "MF top-100 + NeuMF",
+        "NeuMF (teacher)",
+        "MF student",
+        "HDN (γ = 0.5/0.75/0.875)",
+        "HDN (γ = 0.75/0.875/0.9375)",
     ]
     assert [row[0] for row in rows[:2]] == ["–", "–"]
     assert {row[0] for row in rows[2:]} == {"NeuMF"}
@@ -243,7 +283,12 @@ def test_report_table2_ablation_rows(report):
     assert "### interactions.csv, NeuMF teacher, γ = 0.5/0.75/0.875" in section
     rows = markdown_rows(section)
     assert [row[0] for row in rows] == [
-        "NeuMF (teacher)", "HDN", "HDN-nd", "HDN-nr", "HDN-nr-", "HDN-nr-nd",
+        "NeuMF (teacher)",
+        "HDN",
+        "HDN-nd",
+        "HDN-nr",
+        "HDN-nr-",
+        "HDN-nr-nd",
     ]
     header = [line for line in section.splitlines() if line.startswith("|")][0]
     for column in ("NDCG@10", "HR@10", "NDCG@20", "HR@20"):
