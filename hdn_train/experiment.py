@@ -416,15 +416,18 @@ def run_cell(workspace: Workspace, cell: Cell) -> dict[str, Any]:
         scorer = dense_scorer(lambda users: mf.score_all(torch.from_numpy(users)).numpy())
         train_seconds = workspace._mf_seconds
     elif cell.model == TEACHER_MODEL:
-        teacher, record = workspace.teacher(cell.teacher)
-        scorer = dense_scorer(teacher.score_users)
+        _, record = workspace.teacher(cell.teacher)
+        # Rows of the score matrix that distillation needs anyway: a slow teacher such as
+        # ConvNCF then scores every pair once per run, not once per cell.
+        teacher_matrix = workspace.teacher_scores(cell.teacher)
+        scorer = dense_scorer(lambda users: teacher_matrix[users])
         train_seconds = record["train_seconds"]
     elif cell.model == "two-stage":
         mf = workspace.mf()
-        teacher, _ = workspace.teacher(cell.teacher)
+        teacher_matrix = workspace.teacher_scores(cell.teacher)
         scorer = two_stage_scorer(
             lambda users: mf.score_all(torch.from_numpy(users)).numpy(),
-            teacher.score_users,
+            lambda users: teacher_matrix[users],
             train,
             shortlist=100,
         )
