@@ -69,7 +69,7 @@ def _debug_requested() -> bool:
 
 
 def _register_commands() -> None:
-    from cli import evaluate, experiment, export, recommend, train, verify
+    from cli import bench, evaluate, experiment, export, recommend, train, verify
 
     app.command("train")(reports_errors(train.train))
     app.command("evaluate")(reports_errors(evaluate.evaluate))
@@ -77,6 +77,7 @@ def _register_commands() -> None:
     app.command("recommend")(reports_errors(recommend.recommend))
     app.command("experiment")(reports_errors(experiment.experiment))
     app.command("verify")(reports_errors(verify.verify))
+    app.command("bench")(reports_errors(bench.bench))
 
 
 _register_commands()

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 
 import numpy as np
@@ -47,12 +48,19 @@ class CascadeStats:
         stage_seconds: float64, shape (N + 1,). Time spent inside each stage's backend,
             summed over chunks; the last entry is the scoring stage.
         num_chunks: Number of user chunks the batch was split into.
+        prefilter_survivors: int64, shape (B,). Pairs that the fast cascade's matrix-product
+            pre-rejection passed on to decision stage 1, a superset of that stage's survivors.
+            None for the plain cascade, where stage 1 runs on every candidate.
+        phase_seconds: Wall time of the host-side steps between backend calls, summed over
+            chunks, keyed by step name (for example "gather", "compaction", "top_k").
     """
 
     candidate_counts: np.ndarray
     survivor_counts: np.ndarray
     stage_seconds: np.ndarray
     num_chunks: int
+    prefilter_survivors: np.ndarray | None = None
+    phase_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def total_candidates(self) -> int:
@@ -158,9 +166,7 @@ class Cascade:
         """
         user_embeddings = np.asarray(user_embeddings, dtype=np.float32)
         item_embeddings = np.asarray(item_embeddings, dtype=np.float32)
-        self._check_run_arguments(
-            user_embeddings, item_embeddings, k, excluded_indptr, excluded_indices
-        )
+        check_run_arguments(user_embeddings, item_embeddings, k, excluded_indptr, excluded_indices)
         num_users, num_items = len(user_embeddings), len(item_embeddings)
 
         item_indices = np.full((num_users, k), -1, dtype=np.int64)
@@ -169,6 +175,8 @@ class Cascade:
         candidate_counts = np.zeros(num_users, dtype=np.int64)
         survivor_counts = np.zeros((self.num_decision_stages, num_users), dtype=np.int64)
         stage_seconds = np.zeros(self.num_decision_stages + 1, dtype=np.float64)
+        prefilter_survivors = None
+        phase_seconds: Counter[str] = Counter()
 
         # NOTE: a chunk contains at least one user, so a catalogue larger than max_candidates
         #   still runs num_items pairs at a time.
@@ -176,11 +184,7 @@ class Cascade:
         chunk_starts = range(0, num_users, users_per_chunk)
         for start in chunk_starts:
             rows = slice(start, min(start + users_per_chunk, num_users))
-            excluded = None
-            if excluded_indptr is not None:
-                first, last = excluded_indptr[rows.start], excluded_indptr[rows.stop]
-                chunk_indptr = excluded_indptr[rows.start : rows.stop + 1] - first
-                excluded = (chunk_indptr, excluded_indices[first:last])
+            excluded = slice_excluded(excluded_indptr, excluded_indices, rows)
 
             chunk = self._run_chunk(user_embeddings[rows], item_embeddings, k, excluded)
             item_indices[rows] = chunk.item_indices
@@ -189,8 +193,20 @@ class Cascade:
             candidate_counts[rows] = chunk.stats.candidate_counts
             survivor_counts[:, rows] = chunk.stats.survivor_counts
             stage_seconds += chunk.stats.stage_seconds
+            phase_seconds.update(chunk.stats.phase_seconds)
+            if chunk.stats.prefilter_survivors is not None:
+                if prefilter_survivors is None:
+                    prefilter_survivors = np.zeros(num_users, dtype=np.int64)
+                prefilter_survivors[rows] = chunk.stats.prefilter_survivors
 
-        stats = CascadeStats(candidate_counts, survivor_counts, stage_seconds, len(chunk_starts))
+        stats = CascadeStats(
+            candidate_counts,
+            survivor_counts,
+            stage_seconds,
+            len(chunk_starts),
+            prefilter_survivors,
+            dict(phase_seconds),
+        )
         return CascadeResult(item_indices, scores, counts, stats)
 
     def close(self) -> None:
@@ -217,90 +233,154 @@ class Cascade:
         excluded: tuple[np.ndarray, np.ndarray] | None,
     ) -> CascadeResult:
         num_users = len(user_embeddings)
+        phase_seconds: Counter[str] = Counter()
+        started = time.perf_counter()
         segment_ids, item_ids = _candidate_pairs(num_users, len(item_embeddings), excluded)
         candidate_counts = segment_counts(segment_ids, num_users)
-        quotas = self._quotas(candidate_counts) if self.rule == "quota" else None
+        quotas = None
+        if self.rule == "quota":
+            quotas = quota_counts(self.rejection_ratios, candidate_counts)
         survivor_counts = np.zeros((self.num_decision_stages, num_users), dtype=np.int64)
         stage_seconds = np.zeros(self.num_decision_stages + 1, dtype=np.float64)
+        phase_seconds["candidates"] += time.perf_counter() - started
 
         hidden = None
         for stage_index, backend in enumerate(self.stage_backends[:-1]):
+            started = time.perf_counter()
             inputs = _embedding_inputs(user_embeddings, item_embeddings, segment_ids, item_ids)
             if stage_index > 0:
                 inputs[HIDDEN_INPUT] = hidden
+            phase_seconds["gather"] += time.perf_counter() - started
+
             started = time.perf_counter()
             outputs = backend.run(inputs)
             stage_seconds[stage_index] = time.perf_counter() - started
 
+            started = time.perf_counter()
             stage_quotas = None if quotas is None else quotas[stage_index]
-            keep_mask = self._keep_mask(
-                outputs[DECISION_OUTPUT], segment_ids, item_ids, num_users, stage_quotas
+            keep = keep_mask(
+                self.rule, outputs[DECISION_OUTPUT], segment_ids, item_ids, num_users, stage_quotas
             )
             segment_ids, item_ids, hidden = compact(
-                keep_mask, segment_ids, item_ids, outputs[HIDDEN_OUTPUT]
+                keep, segment_ids, item_ids, outputs[HIDDEN_OUTPUT]
             )
             survivor_counts[stage_index] = segment_counts(segment_ids, num_users)
-            kept, offered = len(segment_ids), len(keep_mask)
+            phase_seconds["compaction"] += time.perf_counter() - started
+            kept, offered = len(segment_ids), len(keep)
             logger.debug("Decision stage %d kept %d of %d pairs", stage_index + 1, kept, offered)
 
+        started = time.perf_counter()
         score_inputs = _embedding_inputs(user_embeddings, item_embeddings, segment_ids, item_ids)
         score_inputs[HIDDEN_INPUT] = hidden
+        phase_seconds["gather"] += time.perf_counter() - started
         started = time.perf_counter()
         pair_scores = self.stage_backends[-1].run(score_inputs)[SCORE_OUTPUT]
         stage_seconds[-1] = time.perf_counter() - started
 
+        started = time.perf_counter()
         top = segmented_top_k(segment_ids, item_ids, pair_scores, num_users, k)
-        stats = CascadeStats(candidate_counts, survivor_counts, stage_seconds, num_chunks=1)
+        phase_seconds["top_k"] += time.perf_counter() - started
+        stats = CascadeStats(
+            candidate_counts,
+            survivor_counts,
+            stage_seconds,
+            num_chunks=1,
+            phase_seconds=dict(phase_seconds),
+        )
         return CascadeResult(*top, stats)
 
-    def _quotas(self, candidate_counts: np.ndarray) -> np.ndarray:
-        """Return how many candidates each decision stage keeps per user, int64 (N, B)."""
-        keep_shares = 1.0 - np.asarray(self.rejection_ratios)
-        exact_quotas = keep_shares[:, None] * candidate_counts[None, :]
-        # Round away float noise before the ceiling: (1 - 0.7) * 10 is 3.0000000000000004 in
-        # float64, and its ceiling would keep one candidate too many.
-        return np.ceil(np.round(exact_quotas, 6)).astype(np.int64)
 
-    def _keep_mask(
-        self,
-        decisions: np.ndarray,
-        segment_ids: np.ndarray,
-        item_ids: np.ndarray,
-        num_users: int,
-        quotas: np.ndarray | None,
-    ) -> np.ndarray:
-        if self.rule == "sign":
-            return ~(decisions > 0)  # NaN is not > 0, so it is kept rather than dropped
-        ranks = rank_within_segments(segment_ids, item_ids, decisions, num_users)
-        return ranks < quotas[segment_ids]
+def quota_counts(rejection_ratios: Sequence[float], candidate_counts: np.ndarray) -> np.ndarray:
+    """Return how many candidates each decision stage keeps per user under the "quota" rule.
 
-    def _check_run_arguments(
-        self,
-        user_embeddings: np.ndarray,
-        item_embeddings: np.ndarray,
-        k: int,
-        excluded_indptr: np.ndarray | None,
-        excluded_indices: np.ndarray | None,
-    ) -> None:
-        if user_embeddings.ndim != 2 or item_embeddings.ndim != 2:
-            raise ValueError(
-                "user_embeddings and item_embeddings must be 2-D, got shapes "
-                f"{user_embeddings.shape} and {item_embeddings.shape}."
-            )
-        if user_embeddings.shape[1] != item_embeddings.shape[1] or len(item_embeddings) == 0:
-            raise ValueError(
-                "user_embeddings (B, d) and item_embeddings (I, d) must share d and I must be "
-                f"positive, got shapes {user_embeddings.shape} and {item_embeddings.shape}."
-            )
-        if not isinstance(k, (int, np.integer)) or k < 0:
-            raise ValueError(f"k must be an integer >= 0, got {k!r}.")
-        if (excluded_indptr is None) != (excluded_indices is None):
-            raise ValueError("Pass both excluded_indptr and excluded_indices, or neither.")
-        if excluded_indptr is not None and np.shape(excluded_indptr) != (len(user_embeddings) + 1,):
-            raise ValueError(
-                f"excluded_indptr must have shape ({len(user_embeddings) + 1},), one more than "
-                f"the batch size, got {np.shape(excluded_indptr)}."
-            )
+    Stage n keeps ceil((1 - γ_n) * c_u) of user u's c_u initial candidates.
+
+    Args:
+        rejection_ratios: rejection_ratios (γ), one per decision stage.
+        candidate_counts: int64, shape (B,). Initial candidates of each user.
+
+    Returns:
+        int64, shape (N, B).
+    """
+    keep_shares = 1.0 - np.asarray(rejection_ratios, dtype=np.float64)
+    exact_quotas = keep_shares[:, None] * candidate_counts[None, :]
+    # Round away float noise before the ceiling: (1 - 0.7) * 10 is 3.0000000000000004 in
+    # float64, and its ceiling would keep one candidate too many.
+    return np.ceil(np.round(exact_quotas, 6)).astype(np.int64)
+
+
+def keep_mask(
+    rule: str,
+    decisions: np.ndarray,
+    segment_ids: np.ndarray,
+    item_ids: np.ndarray,
+    num_users: int,
+    quotas: np.ndarray | None,
+) -> np.ndarray:
+    """Decide which pairs a decision stage passes on.
+
+    Args:
+        rule: "sign" keeps pairs whose decision is not > 0, so NaN is kept rather than
+            dropped. "quota" keeps the quotas[u] pairs of each user u with the lowest
+            decision, ties broken by lower item index.
+        decisions: float32, shape (M,). The stage's decision output.
+        segment_ids: int64, shape (M,). Batch row of each pair.
+        item_ids: int64, shape (M,). Item index of each pair.
+        num_users: Batch size B.
+        quotas: int64, shape (B,). Pairs kept per user; read only by the "quota" rule.
+
+    Returns:
+        bool, shape (M,).
+    """
+    if rule == "sign":
+        return ~(decisions > 0)
+    ranks = rank_within_segments(segment_ids, item_ids, decisions, num_users)
+    return ranks < quotas[segment_ids]
+
+
+def slice_excluded(
+    excluded_indptr: np.ndarray | None, excluded_indices: np.ndarray | None, rows: slice
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Slice the excluded-items CSR arrays to a contiguous range of batch rows.
+
+    Returns:
+        (indptr, indices) of the rows, with indptr starting at 0, or None when nothing is
+        excluded.
+    """
+    if excluded_indptr is None:
+        return None
+    first, last = excluded_indptr[rows.start], excluded_indptr[rows.stop]
+    chunk_indptr = excluded_indptr[rows.start : rows.stop + 1] - first
+    return chunk_indptr, excluded_indices[first:last]
+
+
+def check_run_arguments(
+    user_embeddings: np.ndarray,
+    item_embeddings: np.ndarray,
+    k: int,
+    excluded_indptr: np.ndarray | None,
+    excluded_indices: np.ndarray | None,
+) -> None:
+    """Raise ValueError unless the arguments of `Cascade.run` fit together."""
+    if user_embeddings.ndim != 2 or item_embeddings.ndim != 2:
+        raise ValueError(
+            "user_embeddings and item_embeddings must be 2-D, got shapes "
+            f"{user_embeddings.shape} and {item_embeddings.shape}."
+        )
+    if user_embeddings.shape[1] != item_embeddings.shape[1] or len(item_embeddings) == 0:
+        raise ValueError(
+            "user_embeddings (B, d) and item_embeddings (I, d) must share d and I must be "
+            f"positive, got shapes {user_embeddings.shape} and {item_embeddings.shape}."
+        )
+    if not isinstance(k, (int, np.integer)) or k < 0:
+        raise ValueError(f"k must be an integer >= 0, got {k!r}.")
+    if (excluded_indptr is None) != (excluded_indices is None):
+        raise ValueError("Pass both excluded_indptr and excluded_indices, or neither.")
+    if excluded_indptr is not None and np.shape(excluded_indptr) != (len(user_embeddings) + 1,):
+        raise ValueError(
+            f"excluded_indptr must have shape ({len(user_embeddings) + 1},), one more than "
+            f"the batch size, got {np.shape(excluded_indptr)}."
+        )
 
 
 def _embedding_inputs(

@@ -20,6 +20,12 @@ from hdn_runtime.backends.base import StageBackend, TensorSpec
 from hdn_runtime.backends.select import BACKENDS, open_stage_backends
 from hdn_runtime.cascade import DEFAULT_MAX_CANDIDATES, RULES, Cascade, CascadeStats
 from hdn_runtime.errors import ModelFormatError, UnknownUserError
+from hdn_runtime.fast_cascade import (
+    FastCascade,
+    OnnxRuntimeCpuStage,
+    SessionSettings,
+    read_first_decision_weight,
+)
 from hdn_runtime.manifest import (
     DECISION_OUTPUT,
     HIDDEN_INPUT,
@@ -36,6 +42,7 @@ from hdn_runtime.tables import ModelTables, load_tables
 logger = logging.getLogger(__name__)
 
 UNKNOWN_USER_POLICIES = ("error", "popular")
+CASCADES = ("fast", "plain")
 _MAX_IDS_IN_MESSAGE = 5
 
 
@@ -89,6 +96,8 @@ class Recommender:
         intra_op_threads: int | None = None,
         max_candidates: int = DEFAULT_MAX_CANDIDATES,
         device_id: int = 0,
+        cascade: str = "fast",
+        session_settings: SessionSettings | None = None,
     ) -> Recommender:
         """Load and verify an exported model directory.
 
@@ -106,21 +115,32 @@ class Recommender:
             intra_op_threads: Threads per operator for ONNX Runtime. None keeps its default.
             max_candidates: Maximum (user, item) pairs the cascade processes at once.
             device_id: CUDA device for the "cuda" and "tensorrt" backends.
+            cascade: "fast" returns the same top-K as "plain", ties included, with less work:
+                see `FastCascade`. On the "cpu" backend it rejects pairs for decision stage 1
+                by one matrix product first. Other backends may compute in TF32 or float16,
+                where its float32 error bound does not hold, so there stage 1 runs on every
+                candidate. "plain" runs every stage on whole chunks and is the reference.
+            session_settings: ONNX Runtime options of the fast cascade's CPU sessions. None
+                uses `SessionSettings(intra_op_threads)`. Read only by cascade="fast" on the
+                "cpu" backend.
 
         Raises:
-            ValueError: `backend` or `rule` is not one of the valid values.
+            ValueError: `backend`, `rule` or `cascade` is not one of the valid values.
             BackendUnavailableError: An explicit backend cannot run here (package, GPU or
                 engines missing); the message gives the reason.
             EngineMismatchError: backend="tensorrt" and the engines were built for another
                 TensorRT version or GPU.
             FileNotFoundError: `path` is not a directory.
             ModelFormatError: The directory is incomplete, modified after export, or of an
-                unsupported format version.
+                unsupported format version. With cascade="fast" on the "cpu" backend, also
+                when decision stage 1 is not the inner product θ_1 . (u * v).
         """
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}.")
         if rule not in RULES:
             raise ValueError(f"rule must be one of {list(RULES)}, got {rule!r}.")
+        if cascade not in CASCADES:
+            raise ValueError(f"cascade must be one of {list(CASCADES)}, got {cascade!r}.")
 
         logger.info("Loading model %s", path)
         started = time.perf_counter()
@@ -133,7 +153,19 @@ class Recommender:
         try:
             for stage, stage_backend in zip(manifest.stages, stage_backends):
                 _check_stage_signature(stage, stage_backend, manifest)
-            cascade = Cascade(stage_backends, manifest.rejection_ratios, rule, max_candidates)
+            if cascade == "plain":
+                runner = Cascade(stage_backends, manifest.rejection_ratios, rule, max_candidates)
+            else:
+                settings = session_settings or SessionSettings(intra_op_threads)
+                runner = _open_fast_cascade(
+                    manifest,
+                    tables,
+                    stage_backends,
+                    stage_backend_name,
+                    rule,
+                    max_candidates,
+                    settings,
+                )
         except BaseException:
             for stage_backend in stage_backends:
                 stage_backend.close()
@@ -141,16 +173,17 @@ class Recommender:
 
         logger.info(
             "Loaded model %s (%d users, %d items, %d decision stages) on backend %r with rule "
-            "%r in %.2fs",
+            "%r and the %s cascade in %.2fs",
             path,
             manifest.num_users,
             manifest.num_items,
             len(manifest.decision_stages),
             stage_backend_name,
             rule,
+            cascade,
             time.perf_counter() - started,
         )
-        return cls(manifest, tables, cascade, stage_backend_name)
+        return cls(manifest, tables, runner, stage_backend_name)
 
     @property
     def num_users(self) -> int:
@@ -173,6 +206,11 @@ class Recommender:
     @property
     def rule(self) -> str:
         return self._cascade.rule
+
+    @property
+    def cascade(self) -> str:
+        """Name of the cascade that runs requests: "fast" or "plain"."""
+        return "fast" if isinstance(self._cascade, FastCascade) else "plain"
 
     @property
     def last_stats(self) -> CascadeStats | None:
@@ -341,6 +379,36 @@ class Recommender:
                 "recommend() instead."
             )
         return user_indices.astype(np.int64, copy=False)
+
+
+def _open_fast_cascade(
+    manifest: Manifest,
+    tables: ModelTables,
+    stage_backends: list[StageBackend],
+    backend_name: str,
+    rule: str,
+    max_candidates: int,
+    settings: SessionSettings,
+) -> FastCascade:
+    """Build the fast cascade; on "cpu", with tuned sessions and the matrix-product pre-rejection.
+
+    The stages in `stage_backends` are replaced in place by the sessions that take them over,
+    so the caller's cleanup closes whatever was opened.
+    """
+    weight = None
+    if backend_name == "cpu":
+        for index, stage_backend in enumerate(stage_backends):
+            stage_backends[index] = OnnxRuntimeCpuStage(stage_backend, settings)
+        weight = read_first_decision_weight(
+            stage_backends[0], tables.user_embedding, tables.item_embedding
+        )
+    return FastCascade(
+        stage_backends,
+        manifest.rejection_ratios,
+        rule,
+        max_candidates,
+        first_decision_weight=weight,
+    )
 
 
 def _check_stage_signature(stage: StageEntry, backend: StageBackend, manifest: Manifest) -> None:

@@ -128,3 +128,68 @@ def segmented_top_k(
 
     counts = np.minimum(segment_counts(segment_ids, num_segments), k)
     return items, top_scores, counts
+
+
+_EMPTY_KEY = np.iinfo(np.uint64).max
+_LOW_32_BITS = np.uint64(0xFFFFFFFF)
+
+
+def top_k_sorted_segments(
+    segment_ids: np.ndarray,
+    item_ids: np.ndarray,
+    scores: np.ndarray,
+    num_segments: int,
+    k: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Select the k best-scored items of every segment, for pairs sorted by segment and item.
+
+    Returns the same arrays as `segmented_top_k`, ties and NaN included, but with a partial
+    selection per segment in place of a sort of all pairs. Each pair becomes one uint64 key,
+    the order-preserving bits of -score above its position. Keys are unique, and within a
+    segment a lower position means a lower item index. The keys are scattered into a dense
+    (num_segments, max segment length) matrix, each row is partitioned at k, and only the
+    k winners are sorted.
+
+    Args:
+        segment_ids: int, shape (M,). Segment of each pair, non-decreasing.
+        item_ids: int, shape (M,). Item index of each pair, increasing within a segment.
+        scores: float32, shape (M,).
+        num_segments: Number of segments S.
+        k: Number of items to keep per segment, k >= 0.
+
+    Returns:
+        items: int64, shape (S, k). Item indices, padded with -1.
+        top_scores: float32, shape (S, k). Their scores, padded with -inf.
+        counts: int64, shape (S,). Number of real entries per segment.
+    """
+    num_pairs = len(segment_ids)
+    counts = segment_counts(segment_ids, num_segments)
+    items = np.full((num_segments, k), -1, dtype=np.int64)
+    top_scores = np.full((num_segments, k), -np.inf, dtype=np.float32)
+    if k == 0 or num_pairs == 0:
+        return items, top_scores, np.minimum(counts, k)
+    assert num_pairs < 2**32, "pair positions must fit in the low 32 bits of a key"
+
+    width = int(counts.max())
+    if num_segments * width > 4 * num_pairs + 1024:
+        # One long segment among short ones would make the dense matrix mostly padding.
+        return segmented_top_k(segment_ids, item_ids, scores, num_segments, k)
+
+    segment_starts = np.cumsum(counts) - counts
+    positions = np.arange(num_pairs, dtype=np.int64)
+    columns = positions - segment_starts[segment_ids]
+    keys = np.full((num_segments, width), _EMPTY_KEY, dtype=np.uint64)
+    value_bits = _order_preserving_bits(-np.asarray(scores, dtype=np.float32))
+    keys[segment_ids, columns] = (value_bits.astype(np.uint64) << np.uint64(32)) | positions.astype(
+        np.uint64
+    )
+
+    selected = min(k, width)
+    if selected < width:
+        keys.partition(selected - 1, axis=1)
+    best = np.sort(keys[:, :selected], axis=1)  # (S, selected), padding keys last
+    is_real = best != _EMPTY_KEY
+    winners = (best[is_real] & _LOW_32_BITS).astype(np.int64)
+    items[:, :selected][is_real] = item_ids[winners]
+    top_scores[:, :selected][is_real] = scores[winners]
+    return items, top_scores, np.minimum(counts, k)
