@@ -274,24 +274,28 @@ def _latency_table(report) -> Table:
 
 
 def _stage_table(report) -> Table:
-    table = Table(title="Per pass: pairs entering each stage and time spent there")
+    table = Table(
+        title="Per pass: pairs entering each stage and time spent there; * = scaled from the "
+        "sample of users"
+    )
     for column in ("cascade", "stage", "pairs", "share of candidates", "MACs/pair", "time"):
         table.add_column(column, justify="left" if column in ("cascade", "stage") else "right")
     costs = report.stage_multiply_adds
     for method, profile in report.stage_profiles.items():
+        mark = "*" if profile.extrapolated else ""
         for name, pairs, seconds in profile.stages:
             cost_key = "prefilter" if name.endswith("(matrix product)") else name
             share = pairs / max(1, profile.candidates)
             table.add_row(
                 method,
                 name,
-                f"{pairs:,}",
+                f"{pairs:,}{mark}",
                 f"{share:.4f}",
                 f"{costs.get(cost_key, 0):,}",
-                _seconds(seconds),
+                _seconds(seconds) + mark,
             )
         for name, seconds in profile.phases.items():
-            table.add_row(method, f"host: {name}", "", "", "", _seconds(seconds))
+            table.add_row(method, f"host: {name}", "", "", "", _seconds(seconds) + mark)
     return table
 
 

@@ -124,11 +124,25 @@ class StageProfile:
             first row is the matrix-product pre-rejection, which covers every candidate.
         phases: Host-side seconds between stage calls, by step.
         candidates: Candidate pairs of the pass.
+        extrapolated: The profile was scaled from a sample of the users.
     """
 
     stages: list[tuple[str, int, float]]
     phases: dict[str, float]
     candidates: int
+    extrapolated: bool = False
+
+    def scaled(self, factor: float) -> StageProfile:
+        """Return the profile with pairs and seconds multiplied by `factor`, as extrapolated."""
+        return StageProfile(
+            [
+                (name, round(pairs * factor), seconds * factor)
+                for name, pairs, seconds in self.stages
+            ],
+            {name: seconds * factor for name, seconds in self.phases.items()},
+            round(self.candidates * factor),
+            extrapolated=True,
+        )
 
 
 @dataclass
@@ -205,7 +219,7 @@ def run_benchmark(
             cascade="fast",
             session_settings=session_settings,
         )
-        report_rss_start = _peak_rss_mib()
+        loaded_rss_mib = _peak_rss_mib()
         with fast:
             # The bench belongs to the runtime package and reads the loaded tables directly.
             tables = fast._tables
@@ -213,7 +227,7 @@ def run_benchmark(
             reference_users = users[: settings.reference_users or len(users)]
             is_sample = len(reference_users) < len(users)
             report = _new_report(fast, settings, users)
-            report.peak_rss_mib.append(("start", report_rss_start))
+            report.peak_rss_mib.append(("loading the model", loaded_rss_mib))
             timer = _Timer(settings, tables, report, users)
 
             notify(f"{FLOOR}: {len(users)} users")
@@ -478,14 +492,14 @@ class _Timer:
             sample = _measure(lambda: _run_in_calls(method, users))
             samples.append(sample)
             spent += sample[0]
-        if isinstance(method, _CascadeMethod):
-            method.is_recording = False
-            self._report.stage_profiles[name] = _stage_profile(method.recorded, len(samples))
-
         seconds, user_seconds, system_seconds = np.median(np.array(samples), axis=0)
         timed_candidates = int(self._candidates[users].sum())
         # Users differ in candidates, so a sample is scaled by pairs, not by users.
         scale = self._drawn_candidates / max(1, timed_candidates)
+        if isinstance(method, _CascadeMethod):
+            method.is_recording = False
+            profile = _stage_profile(method.recorded, len(samples))
+            self._report.stage_profiles[name] = profile.scaled(scale) if is_sample else profile
         self._report.figures.append(
             Figure(
                 method=name,
