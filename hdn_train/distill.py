@@ -40,6 +40,57 @@ def teacher_score_matrix(
     return np.concatenate(rows).astype(np.float32, copy=False)
 
 
+def fit_logit_calibration(
+    teacher_scores: np.ndarray,
+    train: InteractionMatrix,
+    negatives: int,
+    rng: np.random.Generator,
+    iterations: int = 50,
+) -> tuple[float, float]:
+    """Fit a and b so that sigmoid(a * score + b) predicts the labels of sampled training pairs.
+
+    Distillation reads sigmoid(teacher score) as a soft label, which is right for a teacher
+    trained with a logistic loss and wrong for one whose scores live on another scale, such as
+    ALS dot products of about 0 to 1. Platt scaling on the same pairs that distillation samples
+    (every positive with `negatives` random negatives) turns such scores into logits. It is
+    monotone, so per-user thresholds and rankings do not change.
+
+    Args:
+        teacher_scores: float32, shape (U, I). The teacher's raw scores for every pair.
+        train: Training interactions, the positives.
+        negatives: Sampled negatives per positive.
+        rng: Source of randomness for the negatives.
+        iterations: Upper bound on Newton steps; the fit stops earlier once it has converged.
+
+    Returns:
+        (a, b) as floats. a is positive for a teacher that ranks positives above negatives.
+    """
+    users, items, labels = training_pairs(train, negatives, rng)
+    x = teacher_scores[users, items].astype(np.float64)
+    y = labels.astype(np.float64)
+    # Start from a standardised score and the base rate, where the log-likelihood is smooth.
+    scale = float(x.std()) or 1.0
+    base_rate = float(np.clip(y.mean(), 1e-6, 1 - 1e-6))
+    params = np.array([1.0 / scale, np.log(base_rate / (1 - base_rate)) - x.mean() / scale])
+    for _ in range(iterations):
+        p = 1.0 / (1.0 + np.exp(-(params[0] * x + params[1])))
+        residual = p - y
+        weight = p * (1.0 - p) + 1e-12
+        gradient = np.array([residual @ x, residual.sum()])
+        hessian = np.array([[weight @ (x * x), weight @ x], [weight @ x, weight.sum()]])
+        step = np.linalg.solve(hessian + 1e-9 * np.eye(2), gradient)
+        params -= step
+        if np.abs(step).max() < 1e-8 * (1.0 + np.abs(params).max()):
+            break
+    if not np.all(np.isfinite(params)) or params[0] <= 0:
+        raise ValueError(
+            f"Teacher scores do not rank training positives above sampled negatives (fitted "
+            f"slope {params[0]:.4g}), so they cannot be turned into logits. Check that the "
+            "teacher was trained on these interactions."
+        )
+    return float(params[0]), float(params[1])
+
+
 def keep_counts(num_items: int, gammas: Sequence[float]) -> list[int]:
     """Return K = (1 - gamma_n) * num_items, rounded and at least 1, for each module."""
     for gamma in gammas:

@@ -25,6 +25,7 @@ from hdn_train.data import load_dataset, paper_split
 from hdn_train.distill import (
     distill_dot_product,
     distill_hdn,
+    fit_logit_calibration,
     rejection_shares,
     teacher_score_matrix,
 )
@@ -316,10 +317,22 @@ class Workspace:
         return teacher, {"als_seconds": teacher.seconds}
 
     def teacher_scores(self, kind: str) -> np.ndarray:
-        """Teacher logits for every (user, item) pair, float32 (U, I), computed once."""
+        """Teacher logits for every (user, item) pair, float32 (U, I), computed once.
+
+        Scores of a teacher that declares `scores_are_logits = False` are mapped to logits by a
+        Platt fit on sampled training pairs (`fit_logit_calibration`).
+        """
         if kind not in self._teacher_scores:
             teacher, _ = self.teacher(kind)
-            self._teacher_scores[kind] = teacher_score_matrix(teacher.score_users, self.num_users)
+            scores = teacher_score_matrix(teacher.score_users, self.num_users)
+            if not getattr(teacher, "scores_are_logits", True):
+                a, b = fit_logit_calibration(
+                    scores, self.train, self.config.negatives, self._rng(5)
+                )
+                logger.info("Calibrated %s scores to logits: %.4f * score + %.4f", kind, a, b)
+                scores *= np.float32(a)
+                scores += np.float32(b)
+            self._teacher_scores[kind] = scores
         return self._teacher_scores[kind]
 
     def student(

@@ -125,7 +125,10 @@ class Teacher(Protocol):
     """Any model that scores user-item pairs can teach an HDN, black boxes included.
 
     Scores are logits or any real-valued relevance: distillation ranks them per user for the
-    decision targets and passes them through a sigmoid for the score target.
+    decision targets and passes them through a sigmoid for the score target. A teacher whose
+    scores are not logits sets `scores_are_logits = False`, and distillation then maps them to
+    logits first with `hdn_train.distill.fit_logit_calibration`. Teachers without the
+    attribute are taken to return logits.
     """
 
     num_items: int

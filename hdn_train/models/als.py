@@ -115,6 +115,9 @@ class ALSTeacher:
         ValueError: If the factors are not 2-D or their widths differ.
     """
 
+    # Dot products of ALS factors are not logits: distillation calibrates them first.
+    scores_are_logits = False
+
     def __init__(
         self,
         user_factors: np.ndarray,

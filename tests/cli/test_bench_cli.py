@@ -141,7 +141,14 @@ def test_bench_needs_model_or_synthetic(tmp_path):
     result = invoke("bench", "--out", tmp_path / "bench")
 
     assert result.exit_code == 1, result.output
-    assert "Pass either a MODEL directory or --synthetic" in result.stderr
+    assert "A MODEL directory is missing" in result.stderr
+
+
+def test_bench_rejects_model_and_synthetic(exported_model, tmp_path):
+    result = invoke("bench", exported_model, "--synthetic", "10x10", "--out", tmp_path / "bench")
+
+    assert result.exit_code == 1, result.output
+    assert "not both" in result.stderr
 
 
 def test_bench_invalid_synthetic_shape(tmp_path):

@@ -4,6 +4,7 @@ import torch
 
 from hdn_train.distill import (
     distill_hdn,
+    fit_logit_calibration,
     keep_counts,
     rejection_shares,
     rejection_targets,
@@ -93,3 +94,48 @@ def test_distillation_needs_one_gamma_per_module():
             FitOptions(epochs=1),
             np.random.default_rng(0),
         )
+
+
+def calibration_case(seed: int = 0) -> tuple[np.ndarray, InteractionMatrix]:
+    """Scores on a 0-to-1 scale, as ALS gives, where positives tend to score higher."""
+    rng = np.random.default_rng(seed)
+    num_users, num_items = 60, 80
+    scores = rng.uniform(0.0, 0.6, size=(num_users, num_items)).astype(np.float32)
+    items = np.stack([rng.choice(num_items, 8, replace=False) for _ in range(num_users)])
+    users = np.repeat(np.arange(num_users), 8)
+    scores[users, items.ravel()] += rng.uniform(0.1, 0.5, size=users.size).astype(np.float32)
+    return scores, InteractionMatrix.from_pairs(users, items.ravel(), num_users, num_items)
+
+
+def test_logit_calibration_is_the_maximum_likelihood_fit():
+    scores, train = calibration_case()
+
+    a, b = fit_logit_calibration(scores, train, negatives=4, rng=np.random.default_rng(1))
+
+    # Redraw the same pairs: at the optimum the log-likelihood's gradient vanishes, so the mean
+    # predicted probability equals the share of positives, 1 / (1 + 4).
+    from hdn_train.sampling import training_pairs
+
+    users, items, labels = training_pairs(train, 4, np.random.default_rng(1))
+    x = scores[users, items].astype(np.float64)
+    p = 1.0 / (1.0 + np.exp(-(a * x + b)))
+    assert a > 1.0
+    assert p.mean() == pytest.approx(0.2, abs=1e-6)
+    assert ((p - labels) @ x) / len(x) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_logit_calibration_of_calibrated_scores_is_the_identity():
+    scores, train = calibration_case()
+    a, b = fit_logit_calibration(scores, train, negatives=4, rng=np.random.default_rng(1))
+    logits = (a * scores + b).astype(np.float32)
+
+    again = fit_logit_calibration(logits, train, negatives=4, rng=np.random.default_rng(1))
+
+    assert again == pytest.approx((1.0, 0.0), abs=1e-4)
+
+
+def test_logit_calibration_rejects_a_reversed_teacher():
+    scores, train = calibration_case()
+
+    with pytest.raises(ValueError, match="do not rank training positives above"):
+        fit_logit_calibration(-scores, train, negatives=4, rng=np.random.default_rng(1))

@@ -135,3 +135,27 @@ def test_load_run_rejects_manifest_without_files(trained_run, tmp_path):
     (run_dir / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="no valid 'files' table"):
         load_run(run_dir)
+
+
+def test_als_scores_are_calibrated_before_distillation(synthetic_csv):
+    from hdn_train.data import load_dataset, paper_split
+    from hdn_train.experiment import ExperimentConfig, Workspace
+    from hdn_train.sampling import training_pairs
+
+    data = load_dataset(str(synthetic_csv))
+    train, test = paper_split(data.interactions, seed=0)
+    config = ExperimentConfig(datasets=[str(synthetic_csv)], teachers=["als"], models=["hdn"])
+    workspace = Workspace(config, None, str(synthetic_csv), 0, (train, test))
+    teacher, _ = workspace.teacher("als")
+    raw = teacher.score_users(np.arange(train.n_users))
+
+    logits = workspace.teacher_scores("als")
+
+    # The map is monotone and affine, and sigmoid(logit) averages to the sampled share of
+    # positives, 1 / (1 + negatives), as a logistic fit does on its own pairs.
+    slope = np.polyfit(raw.ravel(), logits.ravel(), 1)[0]
+    assert slope > 0
+    np.testing.assert_array_equal(np.argsort(raw, axis=1), np.argsort(logits, axis=1))
+    users, items, _ = training_pairs(train, config.negatives, np.random.default_rng(9))
+    mean_label = (1.0 / (1.0 + np.exp(-logits[users, items]))).mean()
+    assert mean_label == pytest.approx(1.0 / (1.0 + config.negatives), abs=0.02)
