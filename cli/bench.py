@@ -76,8 +76,12 @@ def bench(
     from hdn_runtime.bench import BenchSettings, plot_stage_profile, run_benchmark
 
     setup_logging(quiet=quiet)
-    if (model is None) == (synthetic is None):
-        raise ValueError("Pass either a MODEL directory or --synthetic USERSxITEMS, not both.")
+    if model is not None and synthetic is not None:
+        raise ValueError("Pass a MODEL directory or --synthetic USERSxITEMS, not both.")
+    if model is None and synthetic is None:
+        raise ValueError(
+            "A MODEL directory is missing. Pass one, or --synthetic USERSxITEMS to generate one."
+        )
     if reference_users is None and synthetic is not None:
         reference_users = str(SYNTHETIC_REFERENCE_USERS)
     settings = BenchSettings(

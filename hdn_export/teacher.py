@@ -22,6 +22,7 @@ import onnx
 import torch
 from torch import nn
 
+from hdn_export.stages import row_products
 from hdn_runtime.errors import ExportError
 from hdn_train.models.convncf import ConvNCF
 from hdn_train.models.neumf import NeuMF
@@ -88,6 +89,25 @@ def teacher_multiply_adds_per_pair(model: nn.Module) -> int:
     )
 
 
+class ServingNeuMF(nn.Module):
+    """NeuMF's forward pass with its one-output layer written as a row times a matrix.
+
+    The HDN stages compute their decisions and scores that way (`row_products`), so the timed
+    teacher gets the same help from ONNX Runtime's matrix product. The scores are NeuMF's.
+    """
+
+    def __init__(self, model: NeuMF) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        model = self.model
+        joined = torch.cat(
+            [model.gmf.interaction(users, items), model.mlp.interaction(users, items)], dim=-1
+        )
+        return row_products(model.output.weight, joined) + model.output.bias
+
+
 def export_teacher_model_onnx(model: nn.Module, kind: str, path: str | Path) -> TeacherExport:
     """Export a NeuMF or ConvNCF network that maps (users, items) to scores, batch axis dynamic.
 
@@ -105,6 +125,7 @@ def export_teacher_model_onnx(model: nn.Module, kind: str, path: str | Path) -> 
     num_users = model_table_rows(model, "user")
     num_items = model_table_rows(model, "item")
     model = model.eval()
+    serving = ServingNeuMF(model) if isinstance(model, NeuMF) else model
     example = (
         torch.randint(0, num_users, (_EXAMPLE_PAIRS,)),
         torch.randint(0, num_items, (_EXAMPLE_PAIRS,)),
@@ -114,7 +135,7 @@ def export_teacher_model_onnx(model: nn.Module, kind: str, path: str | Path) -> 
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            model,
+            serving,
             example,
             input_names=[USERS_INPUT, ITEMS_INPUT],
             output_names=[SCORES_OUTPUT],
