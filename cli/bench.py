@@ -36,6 +36,13 @@ def bench(
         help="Training run whose teacher (NeuMF or ConvNCF) is exported and timed. Default: "
         "the run recorded in the model's manifest, when that directory exists.",
     ),
+    random_teacher: list[str] = typer.Option(
+        [],
+        "--random-teacher",
+        help="Also time a teacher of this kind (neumf or convncf) with random weights and the "
+        "model's users, items and width; repeat for both. Its speed does not depend on the "
+        "weights, and its figures are labelled as random.",
+    ),
     users: str = typer.Option(
         "all", help="Users of the timed pass, drawn at random: 'all' or a number."
     ),
@@ -82,6 +89,14 @@ def bench(
         raise ValueError(
             "A MODEL directory is missing. Pass one, or --synthetic USERSxITEMS to generate one."
         )
+    unknown = sorted(set(random_teacher) - {"neumf", "convncf"})
+    if unknown:
+        raise ValueError(f"Invalid --random-teacher {unknown[0]!r}. Pass neumf or convncf.")
+    if random_teacher and synthetic is not None:
+        raise ValueError(
+            "--random-teacher is for a MODEL directory: --synthetic already times random NeuMF "
+            "and ConvNCF teachers."
+        )
     if reference_users is None and synthetic is not None:
         reference_users = str(SYNTHETIC_REFERENCE_USERS)
     settings = BenchSettings(
@@ -108,6 +123,10 @@ def bench(
             model, teacher_paths = pool.submit(_prepare_synthetic, synthetic, out, seed).result()
         else:
             teacher_paths = pool.submit(_prepare_teachers, model, run, out).result()
+            if random_teacher:
+                teacher_paths += pool.submit(
+                    _prepare_random_teachers, model, tuple(random_teacher), out, seed
+                ).result()
 
     report = run_benchmark(
         model, teacher_paths, settings, on_phase=lambda text: logger.info("Timing %s", text)
@@ -170,6 +189,28 @@ def _prepare_teachers(model: Path, run: Path | None, out: Path) -> list[Path]:
     return [export.path]
 
 
+def _prepare_random_teachers(
+    model: Path, kinds: tuple[str, ...], out: Path, seed: int
+) -> list[Path]:
+    """Export teachers with random weights at the model's shape into `out/random-teachers`."""
+    from hdn_export.synthetic import write_synthetic_teachers
+    from hdn_runtime.manifest import read_manifest
+
+    manifest = read_manifest(model)
+    folder = out / "random-teachers"
+    folder.mkdir(parents=True, exist_ok=True)
+    exports = write_synthetic_teachers(
+        folder,
+        manifest.num_users,
+        manifest.num_items,
+        dim=manifest.embedding_dim,
+        seed=seed,
+        kinds=tuple(dict.fromkeys(kinds)),
+        label_random=True,
+    )
+    return [export.path for export in exports]
+
+
 def _parse_count(text: str, option: str) -> int | None:
     if text.strip().lower() == "all":
         return None
@@ -196,7 +237,7 @@ def _methods(report) -> list[str]:
 
 
 def _teachers(report) -> list[str]:
-    return [name for name in _methods(report) if name.endswith("teacher")]
+    return [name for name in _methods(report) if " teacher" in name]
 
 
 def _seconds(value: float) -> str:

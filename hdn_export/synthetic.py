@@ -148,9 +148,15 @@ def write_synthetic_model(
 
 
 def write_synthetic_teachers(
-    out_dir: str | Path, num_users: int, num_items: int, dim: int = 32, seed: int = 0
+    out_dir: str | Path,
+    num_users: int,
+    num_items: int,
+    dim: int = 32,
+    seed: int = 0,
+    kinds: tuple[str, ...] = ("neumf", "convncf"),
+    label_random: bool = False,
 ) -> list[TeacherExport]:
-    """Export a NeuMF and a ConvNCF teacher with random weights, as `neumf.onnx` and `convncf.onnx`.
+    """Export teachers with random weights, one `KIND.onnx` per kind, neumf and convncf.
 
     NeuMF has the HDN experiments' MLP widths (64, 32, 16, 8) and ConvNCF 32 channels. Their
     speed does not depend on the weights.
@@ -161,15 +167,26 @@ def write_synthetic_teachers(
         num_items: Items I.
         dim: Embedding width; ConvNCF needs a power of two.
         seed: Seed of the weights.
+        kinds: Teachers to write.
+        label_random: Mark the files as random in their metadata, so that `hdn bench` names
+            them "... (random weights)" beside a trained model.
+
+    Raises:
+        ValueError: A kind is neither neumf nor convncf.
     """
+    makers = {"neumf": NeuMF, "convncf": ConvNCF}
+    unknown = sorted(set(kinds) - set(makers))
+    if unknown:
+        raise ValueError(
+            f"Unknown teacher kind {unknown[0]!r}. Random teachers can be: neumf, convncf."
+        )
     torch.manual_seed(seed)
     out_dir = Path(out_dir)
-    teachers = [
-        ("neumf", NeuMF(num_users, num_items, dim)),
-        ("convncf", ConvNCF(num_users, num_items, dim)),
-    ]
     return [
-        export_teacher_model_onnx(model, kind, out_dir / f"{kind}.onnx") for kind, model in teachers
+        export_teacher_model_onnx(
+            makers[kind](num_users, num_items, dim), kind, out_dir / f"{kind}.onnx", label_random
+        )
+        for kind in kinds
     ]
 
 

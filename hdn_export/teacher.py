@@ -39,6 +39,7 @@ KIND_KEY = "hdn.teacher_kind"
 MULTIPLY_ADDS_KEY = "hdn.multiply_adds_per_pair"
 NUM_USERS_KEY = "hdn.num_users"
 NUM_ITEMS_KEY = "hdn.num_items"
+RANDOM_WEIGHTS_KEY = "hdn.random_weights"
 _EXAMPLE_PAIRS = 64
 
 
@@ -108,13 +109,17 @@ class ServingNeuMF(nn.Module):
         return row_products(model.output.weight, joined) + model.output.bias
 
 
-def export_teacher_model_onnx(model: nn.Module, kind: str, path: str | Path) -> TeacherExport:
+def export_teacher_model_onnx(
+    model: nn.Module, kind: str, path: str | Path, random_weights: bool = False
+) -> TeacherExport:
     """Export a NeuMF or ConvNCF network that maps (users, items) to scores, batch axis dynamic.
 
     Args:
         model: The trained network, with `forward(users, items)`.
         kind: "neumf" or "convncf", recorded in the file's metadata.
         path: ONNX file to write. Its folder must exist.
+        random_weights: Record in the metadata that the weights are untrained, so that
+            reports label the teacher's figures.
 
     Raises:
         ValueError: The model is neither NeuMF nor ConvNCF.
@@ -155,6 +160,7 @@ def export_teacher_model_onnx(model: nn.Module, kind: str, path: str | Path) -> 
         MULTIPLY_ADDS_KEY: str(multiply_adds),
         NUM_USERS_KEY: str(num_users),
         NUM_ITEMS_KEY: str(num_items),
+        RANDOM_WEIGHTS_KEY: "1" if random_weights else "0",
     }
     onnx.helper.set_model_props(proto, metadata)
     onnx.save(proto, str(path))

@@ -386,6 +386,8 @@ class _TeacherMethod:
         self.name = {"neumf": "NeuMF teacher", "convncf": "ConvNCF teacher"}.get(
             self.kind, f"{self.kind} teacher"
         )
+        if metadata.get("hdn.random_weights") == "1":
+            self.name += " (random weights)"
         self.multiply_adds_per_pair = float(metadata.get("hdn.multiply_adds_per_pair", "nan"))
         num_users, num_items = len(tables.user_embedding), len(tables.item_embedding)
         shape = (int(metadata.get("hdn.num_users", -1)), int(metadata.get("hdn.num_items", -1)))

@@ -641,8 +641,11 @@ def _unique_excluded_pairs(
         return empty, empty
     indptr, indices = excluded
     rows = np.repeat(np.arange(num_users, dtype=np.int64), np.diff(indptr))
-    # A row may list an item twice; the candidate count must drop it once.
-    flat = np.unique(rows * num_items + np.asarray(indices, dtype=np.int64))
+    flat = rows * num_items + np.asarray(indices, dtype=np.int64)
+    # A row may list an item twice, and the candidate count must drop it once. Rows of
+    # strictly increasing items, as the runtime's tables store them, need no sort.
+    if np.any(flat[1:] <= flat[:-1]):
+        flat = np.unique(flat)
     return flat // num_items, flat % num_items
 
 

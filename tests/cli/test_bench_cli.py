@@ -156,3 +156,34 @@ def test_bench_invalid_synthetic_shape(tmp_path):
 
     assert result.exit_code == 1, result.output
     assert "USERSxITEMS, for example 138493x26744" in result.stderr
+
+
+def test_bench_times_random_teachers(exported_model, tmp_path):
+    out = tmp_path / "bench"
+
+    result = invoke(
+        "bench",
+        exported_model,
+        "--random-teacher",
+        "convncf",
+        "--users",
+        4,
+        "--batch-sizes",
+        "1",
+        *QUICK,
+        "--out",
+        out,
+    )
+
+    assert result.exit_code == 0, result.output
+    methods = {row[0] for row in table_rows(result.stdout)}
+    assert "NeuMF teacher" in methods
+    assert "ConvNCF teacher (random weights)" in methods
+    assert (out / "random-teachers" / "convncf.onnx").is_file()
+
+
+def test_bench_rejects_unknown_random_teacher(exported_model, tmp_path):
+    result = invoke("bench", exported_model, "--random-teacher", "als", "--out", tmp_path / "b")
+
+    assert result.exit_code == 1, result.output
+    assert "Invalid --random-teacher 'als'" in result.stderr

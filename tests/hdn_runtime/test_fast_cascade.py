@@ -32,6 +32,7 @@ from hdn_runtime.fast_cascade import (
     FastCascade,
     OnnxRuntimeCpuStage,
     SessionSettings,
+    _unique_excluded_pairs,
     decision_error_bound,
     read_first_decision_weight,
 )
@@ -454,3 +455,19 @@ def _refresh_stage_checksum(model_dir: Path, stage_name: str) -> None:
         if entry["name"] == stage_name:
             entry["sha256"] = sha256_of(model_dir / entry["path"])
     write_manifest(model_dir, manifest)
+
+
+@pytest.mark.parametrize(
+    ("indptr", "indices", "expected_rows", "expected_items"),
+    [
+        ([0, 2, 2, 3], [1, 4, 0], [0, 0, 2], [1, 4, 0]),  # sorted rows, one empty
+        ([0, 3, 4], [4, 1, 4, 2], [0, 0, 1], [1, 4, 2]),  # unsorted row with a repeat
+    ],
+)
+def test_excluded_pairs_are_distinct_and_sorted(indptr, indices, expected_rows, expected_items):
+    rows, items = _unique_excluded_pairs(
+        (np.array(indptr), np.array(indices)), num_users=len(indptr) - 1, num_items=5
+    )
+
+    np.testing.assert_array_equal(rows, expected_rows)
+    np.testing.assert_array_equal(items, expected_items)
