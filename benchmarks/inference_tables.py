@@ -9,6 +9,8 @@ import json
 import sys
 from pathlib import Path
 
+REPORT_KEYS = {"figures", "settings", "stage_profiles", "multiply_adds", "useful_gmacs"}
+
 
 def format_seconds(seconds: float) -> str:
     """Format a duration as ms below one second and as s above it."""
@@ -40,7 +42,8 @@ def pass_table(report: dict) -> list[str]:
 def latency_table(report: dict) -> list[str]:
     """Return the rows of the latency table, p50 / p99 per request size."""
     sizes = report["settings"]["batch_sizes"]
-    rows = ["| method | " + " | ".join(f"{size} users" for size in sizes) + " |"]
+    names = [f"{size} user" if size == 1 else f"{size} users" for size in sizes]
+    rows = ["| method | " + " | ".join(names) + " |"]
     rows.append("| --- " * (len(sizes) + 1) + "|")
     methods = [f["method"] for f in report["figures"] if f["batch_size"] is None]
     for name in methods:
@@ -77,10 +80,16 @@ def stage_table(report: dict) -> list[str]:
 
 def main(paths: list[str]) -> None:
     for path in paths:
-        report = json.loads(Path(path).read_text(encoding="utf-8"))
+        try:
+            report = json.loads(Path(path).read_text(encoding="utf-8"))
+            if not isinstance(report, dict) or not REPORT_KEYS <= report.keys():
+                raise ValueError("keys are missing")
+        except (OSError, ValueError) as err:
+            sys.exit(f"{path} is not a report.json written by 'hdn bench' ({err}).")
         print(f"## {path}\n")
         print(f"float32 2048^3 matrix product: {report['matmul_gmacs']:.1f} GMAC/s")
-        print(f"peak resident memory (MiB): {report['peak_rss_mib']}")
+        memory = ", ".join(f"{phase} {mib:,.0f}" for phase, mib in report["peak_rss_mib"])
+        print(f"peak resident memory (MiB), after: {memory}")
         print(f"fast cascade buffers: {report['workspace_mib']:.0f} MiB\n")
         for table in (pass_table(report), latency_table(report), stage_table(report)):
             print("\n".join(table), end="\n\n")

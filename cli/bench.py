@@ -112,6 +112,15 @@ def bench(
         rule=rule,
         seed=seed,
     )
+    if model is not None and not (model / "manifest.json").is_file():
+        raise FileNotFoundError(
+            f"Model directory {model} not found or has no manifest.json. Create one with "
+            "'hdn export RUN --out DIR', or pass --synthetic USERSxITEMS."
+        )
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file. Pass a folder for the bench results.")
+    if threads is not None and threads < 1:
+        raise ValueError(f"Invalid --threads {threads}. Pass a positive number of threads.")
     out.mkdir(parents=True, exist_ok=True)
     # Exports import torch and build large arrays. A child process keeps both out of the peak
     # resident memory that the benchmark reports for this one.
@@ -173,8 +182,8 @@ def _prepare_teachers(model: Path, run: Path | None, out: Path) -> list[Path]:
         source_run = manifest.get("source_run")
         if not source_run or not Path(source_run).is_dir():
             logger.warning(
-                "No teacher is timed: the model's source run %r is not a directory here. "
-                "Pass --run RUN to time its teacher.",
+                "The run's teacher is not timed: the model's source run %r is not a "
+                "directory here. Pass --run RUN to time it.",
                 source_run,
             )
             return []
@@ -184,7 +193,7 @@ def _prepare_teachers(model: Path, run: Path | None, out: Path) -> list[Path]:
     try:
         export = export_teacher_onnx(run, out / "teacher.onnx")
     except ValueError as err:
-        logger.warning("No teacher is timed: %s", err)
+        logger.warning("The run's teacher is not timed: %s", err)
         return []
     return [export.path]
 
@@ -358,8 +367,10 @@ def _summary_lines(report, plot_path: Path, is_synthetic: bool) -> list[str]:
         f"numpy float32 2048x2048x2048 matrix product: {report.matmul_gmacs:.1f} GMAC/s.",
         f"Peak resident memory of this process (cumulative, in run order): {rss}.",
         (
-            f"Memory bound: at most {report.settings['candidate_budget']:,} (user, item) pairs "
-            f"per chunk ({model['users_per_chunk']:,} users of {model['num_items']:,} items); "
+            f"Memory bound: at most "
+            f"{model['users_per_chunk'] * model['num_items']:,} (user, item) pairs per chunk "
+            f"({model['users_per_chunk']:,} users of {model['num_items']:,} items, budget "
+            f"{report.settings['candidate_budget']:,}); "
             f"the fast cascade kept {report.workspace_mib:,.0f} MiB of buffers for reuse."
         ),
         f"Stage plot: {plot_path}",

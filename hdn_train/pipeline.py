@@ -140,9 +140,33 @@ def train_all(config: TrainConfig, on_step: ProgressCallback | None = None) -> T
     keep_ranks = keep_counts(train.n_items, config.gammas)
     for entry, rank in zip(metrics["hdn"]["rejection"], keep_ranks):
         entry["threshold_rank"] = rank
+    warn_about_full_rejection(metrics["hdn"]["rejection"], train.n_items)
     return TrainedRun(
         config, dataset, train, test, workspace.mf(), teacher, student, metrics, history
     )
+
+
+def warn_about_full_rejection(rejection: list[dict], num_items: int) -> bool:
+    """Log a warning for each decision module that rejects the whole catalogue.
+
+    Args:
+        rejection: Entries with "module", "target" and "actual" (cumulative share rejected).
+        num_items: Catalogue size; a share within half an item of 1 counts as everything.
+
+    Returns:
+        True if some module rejects everything.
+    """
+    found = False
+    for entry in rejection:
+        if entry["actual"] >= 1.0 - 0.5 / num_items:
+            found = True
+            logger.warning(
+                "Decision module %d rejects the whole catalogue (target %.4f), so the HDN "
+                "recommends nothing to most users. Train the student longer (--student-epochs).",
+                entry["module"],
+                entry["target"],
+            )
+    return found
 
 
 def evaluate_models(

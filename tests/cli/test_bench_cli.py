@@ -187,3 +187,23 @@ def test_bench_rejects_unknown_random_teacher(exported_model, tmp_path):
 
     assert result.exit_code == 1, result.output
     assert "Invalid --random-teacher 'als'" in result.stderr
+
+
+def test_bench_names_missing_model_directory(tmp_path):
+    out = tmp_path / "bench"
+
+    result = invoke("bench", tmp_path / "absent", "--out", out)
+
+    assert result.exit_code == 1, result.output
+    assert "has no manifest.json" in result.stderr
+    assert not out.exists()
+
+
+def test_bench_rejects_out_that_is_a_file(exported_model, tmp_path):
+    out = tmp_path / "file"
+    out.write_text("")
+
+    result = invoke("bench", exported_model, "--out", out)
+
+    assert result.exit_code == 1, result.output
+    assert "is a file" in result.stderr

@@ -159,3 +159,29 @@ def test_als_scores_are_calibrated_before_distillation(synthetic_csv):
     users, items, _ = training_pairs(train, config.negatives, np.random.default_rng(9))
     mean_label = (1.0 / (1.0 + np.exp(-logits[users, items]))).mean()
     assert mean_label == pytest.approx(1.0 / (1.0 + config.negatives), abs=0.02)
+
+
+def test_full_rejection_is_warned(caplog):
+    from hdn_train.pipeline import warn_about_full_rejection
+
+    rejection = [
+        {"module": 1, "target": 0.5, "actual": 0.51},
+        {"module": 2, "target": 0.75, "actual": 1.0},
+    ]
+
+    with caplog.at_level("WARNING", logger="hdn_train.pipeline"):
+        found = warn_about_full_rejection(rejection, num_items=100)
+
+    assert found
+    assert "Decision module 2 rejects the whole catalogue" in caplog.text
+    assert "Decision module 1" not in caplog.text
+
+
+def test_partial_rejection_is_not_warned(caplog):
+    from hdn_train.pipeline import warn_about_full_rejection
+
+    with caplog.at_level("WARNING", logger="hdn_train.pipeline"):
+        found = warn_about_full_rejection([{"module": 1, "target": 0.5, "actual": 0.99}], 100)
+
+    assert not found
+    assert caplog.text == ""
