@@ -92,6 +92,11 @@ def bench(
     unknown = sorted(set(random_teacher) - {"neumf", "convncf"})
     if unknown:
         raise ValueError(f"Invalid --random-teacher {unknown[0]!r}. Pass neumf or convncf.")
+    if run is not None and synthetic is not None:
+        raise ValueError(
+            "--run is for a MODEL directory: --synthetic times its own random NeuMF and "
+            "ConvNCF teachers. Drop --run, or pass the model exported from that run."
+        )
     if random_teacher and synthetic is not None:
         raise ValueError(
             "--random-teacher is for a MODEL directory: --synthetic already times random NeuMF "

@@ -207,3 +207,12 @@ def test_bench_rejects_out_that_is_a_file(exported_model, tmp_path):
 
     assert result.exit_code == 1, result.output
     assert "is a file" in result.stderr
+
+
+def test_bench_rejects_run_with_synthetic(trained_run, tmp_path):
+    _, run_dir = trained_run
+
+    result = invoke("bench", "--synthetic", "10x10", "--run", run_dir, "--out", tmp_path / "b")
+
+    assert result.exit_code == 1, result.output
+    assert "--run is for a MODEL directory" in result.stderr
