@@ -443,9 +443,9 @@ class FastCascade(Cascade):
         """Run decision stages 1 and 2 on each gathered block and return the pairs both keep.
 
         A stage's output rows depend only on their own input rows, which the block-wise staged
-        path and its tests rely on too, so the survivors and their outputs are the same. Stage 2 also runs on the pairs that stage 1 rejects, which
-        after the pre-rejection are a few per million, and they are dropped with stage 2's own
-        rejections. Fills survivor_counts[0] and [1].
+        path and its tests rely on too, so the survivors and their outputs are the same. Stage 2
+        also runs on the pairs that stage 1 rejects, a few per million after the pre-rejection,
+        and they are dropped with stage 2's own rejections. Fills survivor_counts[0] and [1].
         """
         num_users = len(user_embeddings)
         num_pairs = len(pairs.segment_ids)
@@ -466,19 +466,8 @@ class FastCascade(Cascade):
             stop = min(start + block_rows, num_pairs)
             count = stop - start
             started = time.perf_counter()
-            users = np.take(
-                user_embeddings,
-                pairs.segment_ids[start:stop],
-                axis=0,
-                out=user_block[:count],
-                mode="clip",
-            )
-            items = np.take(
-                item_embeddings,
-                pairs.item_ids[start:stop],
-                axis=0,
-                out=item_block[:count],
-                mode="clip",
+            users, items = _gather_embeddings(
+                user_embeddings, item_embeddings, pairs, start, stop, user_block, item_block
             )
             gathered = time.perf_counter()
             run_stage_into(
@@ -505,24 +494,7 @@ class FastCascade(Cascade):
             pairs.segment_ids, weights=keep, minlength=num_users
         ).astype(np.int64)
         keep &= ~(second_decisions > 0)
-        source_rows = np.flatnonzero(keep)
-        num_kept = len(source_rows)
-        kept = _StagePairs(
-            segment_ids=np.take(
-                pairs.segment_ids,
-                source_rows,
-                out=workspace.get("segments_1", (num_kept,), np.int64),
-                mode="clip",
-            ),
-            item_ids=np.take(
-                pairs.item_ids,
-                source_rows,
-                out=workspace.get("items_1", (num_kept,), np.int64),
-                mode="clip",
-            ),
-            hidden=second_hidden,
-            source_rows=source_rows,
-        )
+        kept = _compact(workspace, pairs, keep, second_hidden, parity=1)
         survivor_counts[1] = segment_counts(kept.segment_ids, num_users)
         timings.phase_seconds["compaction"] += time.perf_counter() - started
         return kept
@@ -559,26 +531,14 @@ class FastCascade(Cascade):
             len(user_embeddings),
             quotas,
         )
-        source_rows = np.flatnonzero(keep)
-        num_kept = len(source_rows)
-        kept = _StagePairs(
-            segment_ids=np.take(
-                pairs.segment_ids,
-                source_rows,
-                out=workspace.get(f"segments_{parity}", (num_kept,), np.int64),
-                mode="clip",
-            ),
-            item_ids=np.take(
-                pairs.item_ids,
-                source_rows,
-                out=workspace.get(f"items_{parity}", (num_kept,), np.int64),
-                mode="clip",
-            ),
-            hidden=outputs[HIDDEN_OUTPUT],
-            source_rows=source_rows,
-        )
+        kept = _compact(workspace, pairs, keep, outputs[HIDDEN_OUTPUT], parity)
         timings.phase_seconds["compaction"] += time.perf_counter() - started
-        logger.debug("Decision stage %d kept %d of %d pairs", stage_index + 1, num_kept, num_pairs)
+        logger.debug(
+            "Decision stage %d kept %d of %d pairs",
+            stage_index + 1,
+            len(kept.segment_ids),
+            num_pairs,
+        )
         return kept
 
     def _prefilter(
@@ -680,22 +640,10 @@ class FastCascade(Cascade):
             stop = min(start + block_rows, num_pairs)
             count = stop - start
             started = time.perf_counter()
-            inputs = {
-                USER_INPUT: np.take(
-                    user_embeddings,
-                    pairs.segment_ids[start:stop],
-                    axis=0,
-                    out=user_block[:count],
-                    mode="clip",
-                ),
-                ITEM_INPUT: np.take(
-                    item_embeddings,
-                    pairs.item_ids[start:stop],
-                    axis=0,
-                    out=item_block[:count],
-                    mode="clip",
-                ),
-            }
+            users, items = _gather_embeddings(
+                user_embeddings, item_embeddings, pairs, start, stop, user_block, item_block
+            )
+            inputs = {USER_INPUT: users, ITEM_INPUT: items}
             if hidden_block is not None:
                 inputs[HIDDEN_INPUT] = np.take(
                     pairs.hidden,
@@ -709,6 +657,66 @@ class FastCascade(Cascade):
             run_stage_into(backend, inputs, block_outputs)
             timings.phase_seconds["gather"] += gathered - started
             timings.stage_seconds[stage_index] += time.perf_counter() - gathered
+
+
+def _gather_embeddings(
+    user_embeddings: np.ndarray,
+    item_embeddings: np.ndarray,
+    pairs: _StagePairs,
+    start: int,
+    stop: int,
+    user_block: np.ndarray,
+    item_block: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Copy the user and item rows of pairs[start:stop] into the blocks and return those views."""
+    count = stop - start
+    users = np.take(
+        user_embeddings,
+        pairs.segment_ids[start:stop],
+        axis=0,
+        out=user_block[:count],
+        mode="clip",
+    )
+    items = np.take(
+        item_embeddings,
+        pairs.item_ids[start:stop],
+        axis=0,
+        out=item_block[:count],
+        mode="clip",
+    )
+    return users, items
+
+
+def _compact(
+    workspace: _Workspace,
+    pairs: _StagePairs,
+    keep: np.ndarray,
+    hidden: np.ndarray,
+    parity: int,
+) -> _StagePairs:
+    """Return the pairs where `keep` is true, with `hidden` as the next stage's hidden source.
+
+    The ids go into the workspace buffers of `parity`, the stage index modulo 2, so a stage
+    never overwrites the ids that it reads.
+    """
+    source_rows = np.flatnonzero(keep)
+    num_kept = len(source_rows)
+    return _StagePairs(
+        segment_ids=np.take(
+            pairs.segment_ids,
+            source_rows,
+            out=workspace.get(f"segments_{parity}", (num_kept,), np.int64),
+            mode="clip",
+        ),
+        item_ids=np.take(
+            pairs.item_ids,
+            source_rows,
+            out=workspace.get(f"items_{parity}", (num_kept,), np.int64),
+            mode="clip",
+        ),
+        hidden=hidden,
+        source_rows=source_rows,
+    )
 
 
 def decision_error_bound(
