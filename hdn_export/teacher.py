@@ -102,11 +102,8 @@ class ServingNeuMF(nn.Module):
         self.model = model
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        model = self.model
-        joined = torch.cat(
-            [model.gmf.interaction(users, items), model.mlp.interaction(users, items)], dim=-1
-        )
-        return row_products(model.output.weight, joined) + model.output.bias
+        joined = self.model.interaction(users, items)
+        return row_products(self.model.output.weight, joined) + self.model.output.bias
 
 
 def export_teacher_model_onnx(

@@ -89,12 +89,15 @@ class NeuMF(nn.Module):
         self.mlp = MLP(num_users, num_items, mlp_layers)
         self.output = nn.Linear(dim + mlp_layers[-1], 1)
 
-    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """Return logits of shape (B,) for int64 index tensors of shape (B,)."""
-        joined = torch.cat(
+    def interaction(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Return the GMF product beside the MLP's last layer, shape (B, dim + mlp_layers[-1])."""
+        return torch.cat(
             [self.gmf.interaction(users, items), self.mlp.interaction(users, items)], dim=-1
         )
-        return self.output(joined).squeeze(-1)
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Return logits of shape (B,) for int64 index tensors of shape (B,)."""
+        return self.output(self.interaction(users, items)).squeeze(-1)
 
     @torch.no_grad()
     def load_pretrained(self, gmf: GMF, mlp: MLP, alpha: float = 0.5) -> None:
