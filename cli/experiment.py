@@ -29,6 +29,12 @@ def experiment(
         help="Experiment directory. Finished cells in it are kept and skipped, so "
         "running the same file again resumes an interrupted experiment.",
     ),
+    seed: list[int] = typer.Option(
+        None,
+        "--seed",
+        help="Run only this seed's cells (repeat for several). Processes given different "
+        "seeds can share one --out and run at the same time, one per core.",
+    ),
     report_only: bool = typer.Option(
         False,
         "--report-only",
@@ -48,7 +54,7 @@ def experiment(
     output = output_console()
 
     if not report_only:
-        trained, resumed = _run_with_progress(settings, out, quiet)
+        trained, resumed = _run_with_progress(settings, out, quiet, seed or None)
         output.print(f"Cells trained: {trained}, resumed: {resumed}.")
 
     results = load_results(out)
@@ -65,7 +71,9 @@ def experiment(
     output.print(f"Report written to {report_path}")
 
 
-def _run_with_progress(settings: ExperimentConfig, out: Path, quiet: bool) -> tuple[int, int]:
+def _run_with_progress(
+    settings: ExperimentConfig, out: Path, quiet: bool, seeds: list[int] | None
+) -> tuple[int, int]:
     """Run the grid under a progress bar and return the counts of trained and resumed cells."""
     from hdn_train.experiment import grid_cells, run_experiment
 
@@ -81,7 +89,7 @@ def _run_with_progress(settings: ExperimentConfig, out: Path, quiet: bool) -> tu
     counts = {"trained": 0, "resumed": 0}
 
     with progress:
-        task = progress.add_task("cells", total=len(grid_cells(settings)))
+        task = progress.add_task("cells", total=len(grid_cells(settings, seeds)))
 
         def on_cell(cell: Cell, result: dict | None, index: int, total: int) -> None:
             # run_experiment passes None for a cell whose result file already existed.
@@ -89,7 +97,7 @@ def _run_with_progress(settings: ExperimentConfig, out: Path, quiet: bool) -> tu
             counts[status] += 1
             progress.update(task, advance=1, description=f"{status} {cell.key}")
 
-        run_experiment(settings, out, on_cell=on_cell)
+        run_experiment(settings, out, on_cell=on_cell, seeds=seeds)
     return counts["trained"], counts["resumed"]
 
 

@@ -12,7 +12,7 @@ import json
 import logging
 import time
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -144,8 +144,23 @@ class Cell:
         return f"{name}__{self.teacher}__{self.model}__g{gammas}__seed{self.seed}"
 
 
-def grid_cells(config: ExperimentConfig) -> list[Cell]:
-    """List every cell of the grid in the order they run: per data set and seed, then teacher."""
+def grid_cells(config: ExperimentConfig, seeds: Collection[int] | None = None) -> list[Cell]:
+    """List every cell of the grid in the order they run: per data set and seed, then teacher.
+
+    Args:
+        config: The grid.
+        seeds: Keep only the cells of these seeds (all when None).
+
+    Raises:
+        ValueError: If `seeds` names a seed that is not in `config.seeds`.
+    """
+    if seeds is not None:
+        unknown = sorted(set(seeds) - set(config.seeds))
+        if unknown:
+            raise ValueError(
+                f"Seed {unknown[0]} is not in the experiment's seeds {list(config.seeds)}. "
+                "Pick seeds from that list, or add the seed to the experiment file."
+            )
     cells: list[Cell] = []
     for dataset in config.datasets:
         for seed in config.seeds:
@@ -170,6 +185,8 @@ def grid_cells(config: ExperimentConfig) -> list[Cell]:
             cell = Cell(dataset, first_teacher, "hdn", tuple(gammas), config.seeds[0])
             if cell not in cells:
                 cells.append(cell)
+    if seeds is not None:
+        cells = [cell for cell in cells if cell.seed in seeds]
     return cells
 
 
@@ -491,6 +508,7 @@ def run_experiment(
     config: ExperimentConfig,
     directory: str | Path,
     on_cell: Callable[[Cell, dict | None, int, int], None] | None = None,
+    seeds: Collection[int] | None = None,
 ) -> list[dict]:
     """Run every unfinished cell of the grid and return all cell results.
 
@@ -499,11 +517,16 @@ def run_experiment(
         directory: Experiment directory; created on first use. A directory made for another
             grid raises, so results of different settings never mix.
         on_cell: Called as `on_cell(cell, result_or_None_if_skipped, index, total)`.
+        seeds: Run only the cells of these seeds of the grid (all when None). Cells and cached
+            models of different seeds never share a file, so one process per seed can run on
+            the same directory at once.
 
     Raises:
-        ValueError: If `directory` holds an experiment with different settings.
+        ValueError: If `directory` contains an experiment with other settings, or `seeds`
+            names a seed the grid does not have.
     """
     directory = Path(directory)
+    cells = grid_cells(config, seeds)
     config_path = directory / "experiment.json"
     if config_path.is_file():
         saved = checkpoint.read_json(config_path)
@@ -517,7 +540,6 @@ def run_experiment(
     if config.threads > 0:
         torch.set_num_threads(config.threads)
 
-    cells = grid_cells(config)
     results = []
     workspaces: dict[tuple[str, int], Workspace] = {}
     for index, cell in enumerate(cells):

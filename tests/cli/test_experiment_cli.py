@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -230,3 +231,36 @@ def test_example_loo_protocol():
     config = ExperimentConfig.from_file(EXAMPLES / "ml1m_loo.toml")
     assert config.protocol == "loo"
     assert config.seeds == [0]
+
+
+# ----------------------------------------------------------------------------- one seed per process
+
+
+def test_experiment_seed_runs_one_seed(synthetic_csv, tmp_path):
+    config = write_config(tmp_path / "two_seeds.toml", synthetic_csv)
+    config.write_text(config.read_text().replace("seeds = [0]", "seeds = [0, 1]"))
+    out = tmp_path / "experiment"
+
+    result = invoke("experiment", config, "--out", out, "--seed", 1, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert f"Cells trained: {NUM_CELLS}, resumed: 0." in result.stdout
+    assert all(name.endswith("__seed1.json") for name in cell_mtimes(out))
+
+    result = invoke("experiment", config, "--out", out, "--seed", 0, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert f"Cells trained: {NUM_CELLS}, resumed: 0." in result.stdout
+    assert len(cell_mtimes(out)) == 2 * NUM_CELLS
+
+    # Without --seed the whole grid is finished, and the report covers both seeds.
+    result = invoke("experiment", config, "--out", out, "--quiet")
+    assert f"Cells trained: 0, resumed: {2 * NUM_CELLS}." in result.stdout
+    assert re.search(r"\d\.\d+ ± \d\.\d+", (out / "report" / "results.md").read_text())
+
+
+def test_experiment_unknown_seed(synthetic_csv, tmp_path):
+    config = write_config(tmp_path / "tiny.toml", synthetic_csv)
+    result = invoke("experiment", config, "--out", tmp_path / "experiment", "--seed", 7)
+    assert_reported_error(result)
+    assert "Seed 7" in result.stderr
+    assert "[0]" in result.stderr
+    assert not (tmp_path / "experiment").exists()
