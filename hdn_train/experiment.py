@@ -327,7 +327,7 @@ class Workspace:
             model.load_pretrained_embeddings(mf_bpr)
             options = self._options(config.convncf_epochs, config.convncf_learning_rate)
             history["convncf"] = fit_bpr(model, self.train, options, rng, "convncf", on_step)
-            return TorchTeacher(model), history
+            return TorchTeacher(model, scores_are_logits=False), history
         from hdn_train.models.als import ALSOptions, ALSTeacher
 
         teacher = ALSTeacher.fit(self.train, ALSOptions(factors=config.dim, seed=self.seed))
@@ -405,8 +405,11 @@ def load_teacher(kind: str, path: Path, num_users: int, num_items: int, config: 
     if kind == "convncf":
         from hdn_train.models.convncf import ConvNCF
 
+        # BPR fixes only score differences: ConvNCF scored a median random pair at about +4
+        # on ML-1M, so its raw scores read as logits would call most items positives.
         return TorchTeacher(
-            checkpoint.load_weights(path, ConvNCF(num_users, num_items, config.dim))
+            checkpoint.load_weights(path, ConvNCF(num_users, num_items, config.dim)),
+            scores_are_logits=False,
         )
     from hdn_train.models.als import ALSTeacher
 

@@ -126,7 +126,8 @@ class Teacher(Protocol):
 
     Scores are logits or any real-valued relevance: distillation ranks them per user for the
     decision targets and passes them through a sigmoid for the score target. A teacher whose
-    scores are not logits sets `scores_are_logits = False`, and distillation then maps them to
+    scores are not logits (ALS dot products, or ConvNCF trained with the pairwise BPR loss)
+    sets `scores_are_logits = False`, and distillation then maps them to
     logits first with `hdn_train.distill.fit_logit_calibration`. Teachers without the
     attribute are taken to return logits.
     """
@@ -148,11 +149,16 @@ class TorchTeacher:
     Args:
         model: The trained network; it is put in eval mode.
         batch_pairs: Upper bound on pairs scored per forward call.
+        scores_are_logits: False for a model trained with a pairwise loss such as BPR, which
+            fixes score differences only, so that distillation calibrates its scores first.
     """
 
-    def __init__(self, model: nn.Module, batch_pairs: int = 1 << 18) -> None:
+    def __init__(
+        self, model: nn.Module, batch_pairs: int = 1 << 18, scores_are_logits: bool = True
+    ) -> None:
         self.model = model.eval()
         self.batch_pairs = batch_pairs
+        self.scores_are_logits = scores_are_logits
         self.num_items = int(model.score_all(torch.zeros(1, dtype=torch.int64)).shape[1])
 
     @torch.no_grad()
