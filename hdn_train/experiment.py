@@ -47,6 +47,7 @@ from hdn_train.variants import (
 logger = logging.getLogger(__name__)
 
 PROTOCOLS = ("paper", "loo")
+LOO_HOLDOUTS = ("latest", "random")
 
 
 @dataclass
@@ -61,6 +62,8 @@ class ExperimentConfig:
         seeds: Seeds; each seed re-splits the data and re-trains every model.
         protocol: "paper" (seeded 20% per user, full ranking) or "loo" (latest interaction held
             out, ranked among 99 sampled items).
+        loo_holdout: Interaction held out per user under "loo": "latest" by timestamp (a random
+            one when the data has no timestamps) or "random" even when it has them.
         ks: Cut-offs of the reported metrics.
         dim, hidden_dim, mlp_layers, negatives, learning_rate, batch_size: Model and optimiser
             settings, the HDN paper's by default.
@@ -78,6 +81,7 @@ class ExperimentConfig:
     gamma_settings: list[list[float]] = field(default_factory=lambda: [[0.5, 0.75, 0.875]])
     seeds: list[int] = field(default_factory=lambda: [0])
     protocol: str = "paper"
+    loo_holdout: str = "latest"
     ks: list[int] = field(default_factory=lambda: [10, 20])
     dim: int = 32
     hidden_dim: int = 32
@@ -102,6 +106,10 @@ class ExperimentConfig:
             check_model_name(model)
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}.")
+        if self.loo_holdout not in LOO_HOLDOUTS:
+            raise ValueError(
+                f"loo_holdout must be one of {LOO_HOLDOUTS}, got {self.loo_holdout!r}."
+            )
         if not self.datasets or not self.seeds:
             raise ValueError("An experiment needs at least one data set and one seed.")
 
@@ -224,9 +232,8 @@ class Workspace:
             if config.protocol == "paper":
                 self.train, self.test = paper_split(data.interactions, 0.2, seed)
             else:
-                self.train, self.test = leave_one_out_split(
-                    data.interactions, data.timestamps, seed
-                )
+                timestamps = data.timestamps if config.loo_holdout == "latest" else None
+                self.train, self.test = leave_one_out_split(data.interactions, timestamps, seed)
         self.num_users, self.num_items = self.train.n_users, self.train.n_items
         self._teachers: dict[str, tuple[Teacher, dict]] = {}
         self._teacher_scores: dict[str, np.ndarray] = {}
@@ -405,8 +412,8 @@ def load_teacher(kind: str, path: Path, num_users: int, num_items: int, config: 
     if kind == "convncf":
         from hdn_train.models.convncf import ConvNCF
 
-        # BPR fixes only score differences: ConvNCF scored a median random pair at about +4
-        # on ML-1M, so its raw scores read as logits would call most items positives.
+        # BPR fixes only score differences. On ML-1M the median ConvNCF score was about +4, so
+        # raw scores read as logits would call most items positives.
         return TorchTeacher(
             checkpoint.load_weights(path, ConvNCF(num_users, num_items, config.dim)),
             scores_are_logits=False,
@@ -532,8 +539,7 @@ def run_experiment(
     cells = grid_cells(config, seeds)
     config_path = directory / "experiment.json"
     if config_path.is_file():
-        saved = checkpoint.read_json(config_path)
-        if saved != json.loads(json.dumps(asdict(config))):
+        if not _same_settings(checkpoint.read_json(config_path), config):
             raise ValueError(
                 f"{directory} already holds an experiment with other settings (see "
                 f"{config_path}). Use a new directory, or restore the original settings to resume."
@@ -563,6 +569,17 @@ def run_experiment(
         if on_cell is not None:
             on_cell(cell, result, index, len(cells))
     return results
+
+
+def _same_settings(saved: dict, config: ExperimentConfig) -> bool:
+    """Return whether saved settings match `config`.
+
+    A setting missing from `saved` counts as its default, so directories written before the
+    setting existed still resume.
+    """
+    current = json.loads(json.dumps(asdict(config)))
+    defaults = json.loads(json.dumps(asdict(ExperimentConfig())))
+    return {**defaults, **saved} == current
 
 
 def load_results(directory: str | Path) -> list[dict]:

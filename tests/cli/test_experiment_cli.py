@@ -141,6 +141,22 @@ def test_experiment_progress_shows_resumed(first_run):
     assert "resumed" in result.stderr
 
 
+def test_experiment_resumes_without_new_setting(first_run):
+    # A directory written before a setting existed resumes while the setting is at its default.
+    _, config, out = first_run
+    settings_path = out / "experiment.json"
+    original = settings_path.read_text()
+    settings = json.loads(original)
+    del settings["loo_holdout"]
+    settings_path.write_text(json.dumps(settings))
+    try:
+        result = invoke("experiment", config, "--out", out, "--quiet")
+    finally:
+        settings_path.write_text(original)
+    assert result.exit_code == 0, result.output
+    assert f"Cells trained: 0, resumed: {NUM_CELLS}." in result.stdout
+
+
 def test_experiment_report_only(first_run):
     _, config, out = first_run
     before = cell_mtimes(out)

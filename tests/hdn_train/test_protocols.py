@@ -436,3 +436,47 @@ def test_movielens_100k_leave_one_out():
     assert not np.take_along_axis(interactions.to_dense_mask(), candidates[:, 1:], axis=1).any()
     sorted_rows = np.sort(candidates, axis=1)
     assert (sorted_rows[:, 1:] != sorted_rows[:, :-1]).all()
+
+
+# ---------------------------------------------------------------- experiment hold-out setting
+
+
+def write_u_data(path: Path, num_users: int = 20, num_items: int = 12) -> Path:
+    """Write a u.data file where each user's latest interaction is with item user % num_items."""
+    rng = np.random.default_rng(0)
+    lines = []
+    for user in range(num_users):
+        latest = user % num_items
+        others = rng.choice(np.delete(np.arange(num_items), latest), size=5, replace=False)
+        for step, item in enumerate([*others.tolist(), latest]):
+            lines.append(f"{user + 1}\t{item + 1}\t4\t{1000 + step}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("holdout", ["latest", "random"])
+def test_experiment_loo_holdout(tmp_path, holdout):
+    from hdn_train.experiment import ExperimentConfig, Workspace
+
+    data = write_u_data(tmp_path / "u.data")
+    config = ExperimentConfig(datasets=[str(data)], protocol="loo", loo_holdout=holdout)
+
+    workspace = Workspace(config, None, str(data), seed=0)
+
+    # Compare through the external ids, whatever order the reader gives the dense indices.
+    dataset = read_u_data(data)
+    users, items = workspace.test.to_pairs()
+    assert len(users) == 20
+    held_out = {dataset.user_ids[user]: dataset.item_ids[item] for user, item in zip(users, items)}
+    latest = {str(user + 1): str(user % 12 + 1) for user in range(20)}
+    if holdout == "latest":
+        assert held_out == latest
+    else:
+        assert held_out != latest
+
+
+def test_experiment_rejects_unknown_holdout():
+    from hdn_train.experiment import ExperimentConfig
+
+    with pytest.raises(ValueError, match="loo_holdout must be one of"):
+        ExperimentConfig(protocol="loo", loo_holdout="earliest")
