@@ -53,6 +53,11 @@ def experiment(
     settings = ExperimentConfig.from_file(config)
     output = output_console()
 
+    if report_only and seed:
+        raise ValueError(
+            "--seed selects cells to train, but --report-only trains none and reports every "
+            "cell in --out. Drop one of the two options."
+        )
     if not report_only:
         trained, resumed = _run_with_progress(settings, out, quiet, seed or None)
         output.print(f"Cells trained: {trained}, resumed: {resumed}.")

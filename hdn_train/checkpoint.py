@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.numpy import save_file as save_numpy_file
 from safetensors.torch import load_file, save_file
 
@@ -85,7 +86,14 @@ def load_weights(path: str | Path, module: torch.nn.Module) -> torch.nn.Module:
     if not path.is_file():
         raise FileNotFoundError(f"Weights file {path} not found. Re-run 'hdn train'.")
     try:
-        module.load_state_dict(load_file(str(path)))
+        state = load_file(str(path))
+    except SafetensorError as err:
+        raise ValueError(
+            f"{path} is not a readable safetensors file ({err}). Delete it and re-run the "
+            "command that wrote it."
+        ) from err
+    try:
+        module.load_state_dict(state)
     except RuntimeError as err:
         raise ValueError(
             f"Weights in {path} do not fit the model its run config describes ({err}). The run "

@@ -78,9 +78,10 @@ class TrainConfig:
         for name in ("mf_epochs", "pretrain_epochs", "teacher_epochs", "student_epochs"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}.")
+        # ConvNCF's pre-training trains only its embeddings, so its network needs its own epochs.
         teacher_untrained = (
-            self.teacher != "als" and self.teacher_epochs + self.pretrain_epochs == 0
-        )
+            self.teacher == "neumf" and self.teacher_epochs + self.pretrain_epochs == 0
+        ) or (self.teacher == "convncf" and self.teacher_epochs == 0)
         if teacher_untrained or self.student_epochs == 0:
             raise ValueError(
                 "The teacher and the student each need at least one epoch; got "

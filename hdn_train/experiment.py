@@ -8,6 +8,7 @@ them. `hdn_train.report` turns the cells into tables and plots.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import time
@@ -112,6 +113,67 @@ class ExperimentConfig:
             )
         if not self.datasets or not self.seeds:
             raise ValueError("An experiment needs at least one data set and one seed.")
+        self._check_values()
+
+    def _check_values(self) -> None:
+        """Raise a ValueError naming the first setting of the wrong type or range."""
+
+        def whole(value: Any) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool)
+
+        def number(value: Any) -> bool:
+            return isinstance(value, int | float) and not isinstance(value, bool)
+
+        def fail(name: str, value: Any, expected: str) -> None:
+            raise ValueError(f"Invalid {name} = {value!r}: expected {expected}.")
+
+        for name in ("datasets", "teachers", "models", "seeds", "ks", "mlp_layers"):
+            if not isinstance(getattr(self, name), list):
+                fail(name, getattr(self, name), "a list")
+        if not all(whole(seed) and seed >= 0 for seed in self.seeds):
+            fail("seeds", self.seeds, "non-negative integers")
+        if len(set(self.seeds)) != len(self.seeds):
+            fail("seeds", self.seeds, "each seed once")
+        for name in ("dim", "hidden_dim", "negatives", "batch_size"):
+            if not whole(getattr(self, name)) or getattr(self, name) < 1:
+                fail(name, getattr(self, name), "a positive integer")
+        for name in (
+            "mf_epochs",
+            "pretrain_epochs",
+            "neumf_epochs",
+            "convncf_pretrain_epochs",
+            "convncf_epochs",
+            "student_epochs",
+            "threads",
+        ):
+            if not whole(getattr(self, name)) or getattr(self, name) < 0:
+                fail(name, getattr(self, name), "a non-negative integer")
+        if self.student_epochs == 0:
+            fail("student_epochs", 0, "at least 1 epoch")
+        if "neumf" in self.teachers and self.pretrain_epochs + self.neumf_epochs == 0:
+            fail("neumf_epochs", 0, "at least 1 epoch of NeuMF or of pre-training")
+        if "convncf" in self.teachers and self.convncf_epochs == 0:
+            fail("convncf_epochs", 0, "at least 1 epoch for the ConvNCF teacher")
+        for name in ("learning_rate", "convncf_learning_rate"):
+            if not number(getattr(self, name)) or not getattr(self, name) > 0:
+                fail(name, getattr(self, name), "a positive number")
+        if not all(whole(k) and k >= 1 for k in self.ks):
+            fail("ks", self.ks, "positive integers")
+        if not all(whole(width) and width >= 1 for width in self.mlp_layers):
+            fail("mlp_layers", self.mlp_layers, "positive integers")
+        for name in ("gamma_settings", "trade_off_gammas"):
+            settings = getattr(self, name)
+            valid = isinstance(settings, list) and all(
+                isinstance(gammas, list)
+                and gammas
+                and all(number(g) and 0 <= g < 1 for g in gammas)
+                and all(a <= b for a, b in itertools.pairwise(gammas))
+                for gammas in settings
+            )
+            if not valid:
+                fail(name, settings, "lists of non-decreasing ratios in [0, 1)")
+        if "convncf" in self.teachers and (self.dim < 2 or self.dim & (self.dim - 1)):
+            fail("dim", self.dim, "a power of two >= 2 for the ConvNCF teacher")
 
     @classmethod
     def from_file(cls, path: str | Path) -> ExperimentConfig:
@@ -132,7 +194,10 @@ class ExperimentConfig:
             raise ValueError(
                 f"{path}: unknown settings {unknown}. Valid settings: {sorted(known)}."
             )
-        return cls(**payload)
+        try:
+            return cls(**payload)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err} Fix the setting and run again.") from err
 
 
 @dataclass(frozen=True)
@@ -225,6 +290,7 @@ class Workspace:
         self.dataset_name = dataset
         self.seed = seed
         self.on_step = on_step
+        self.holdout: str | None = None  # "latest" or "random" under the loo protocol
         if split is not None:
             self.train, self.test = split
         else:
@@ -233,6 +299,14 @@ class Workspace:
                 self.train, self.test = paper_split(data.interactions, 0.2, seed)
             else:
                 timestamps = data.timestamps if config.loo_holdout == "latest" else None
+                if config.loo_holdout == "latest" and timestamps is None:
+                    logger.warning(
+                        "%s has no timestamps, so each user's held-out interaction is a random "
+                        "one, not the latest. Give the data a timestamp column to hold out the "
+                        "latest.",
+                        dataset,
+                    )
+                self.holdout = "random" if timestamps is None else "latest"
                 self.train, self.test = leave_one_out_split(data.interactions, timestamps, seed)
         self.num_users, self.num_items = self.train.n_users, self.train.n_items
         self._teachers: dict[str, tuple[Teacher, dict]] = {}
@@ -256,7 +330,7 @@ class Workspace:
         return FitOptions(
             epochs=epochs,
             batch_size=self.config.batch_size,
-            learning_rate=learning_rate or self.config.learning_rate,
+            learning_rate=self.config.learning_rate if learning_rate is None else learning_rate,
             negatives=self.config.negatives,
         )
 
@@ -264,17 +338,20 @@ class Workspace:
         """The MF baseline, trained with cross-entropy on sampled negatives."""
         if self._mf is None:
             path = self._path("mf.safetensors")
-            model = MatrixFactorization(self.num_users, self.num_items, self.config.dim)
             if path is not None and path.is_file():
+                model = MatrixFactorization(self.num_users, self.num_items, self.config.dim)
                 self._mf = checkpoint.load_weights(path, model)
                 self._mf_seconds = checkpoint.read_json(path.with_suffix(".json"))["train_seconds"]
             else:
+                # Seed torch before the model draws its initial weights.
+                rng = self._rng(1)
+                model = MatrixFactorization(self.num_users, self.num_items, self.config.dim)
                 started = time.perf_counter()
                 fit_pointwise(
                     model,
                     self.train,
                     self._options(self.config.mf_epochs),
-                    self._rng(1),
+                    rng,
                     "mf",
                     self.on_step,
                 )
@@ -446,6 +523,8 @@ def run_cell(workspace: Workspace, cell: Cell) -> dict[str, Any]:
     config = workspace.config
     train, test = workspace.train, workspace.test
     result: dict[str, Any] = {"cell": asdict(cell), "protocol": config.protocol}
+    if config.protocol == "loo":
+        result["holdout"] = workspace.holdout
     started = time.perf_counter()
     train_seconds = 0.0
 
@@ -473,10 +552,11 @@ def run_cell(workspace: Workspace, cell: Cell) -> dict[str, Any]:
         )
     elif cell.model == "mf-student":
         scores = workspace.teacher_scores(cell.teacher)
+        rng = workspace._rng(4)  # seeds torch before the student draws its initial weights
         student = MatrixFactorization(workspace.num_users, workspace.num_items, config.dim)
         begun = time.perf_counter()
         result["history"] = distill_dot_product(
-            student, train, scores, workspace._options(config.student_epochs), workspace._rng(4)
+            student, train, scores, workspace._options(config.student_epochs), rng
         )
         train_seconds = time.perf_counter() - begun
         scorer = dense_scorer(lambda users: student.score_all(torch.from_numpy(users)).numpy())
@@ -539,10 +619,12 @@ def run_experiment(
     cells = grid_cells(config, seeds)
     config_path = directory / "experiment.json"
     if config_path.is_file():
-        if not _same_settings(checkpoint.read_json(config_path), config):
+        changed = _changed_settings(checkpoint.read_json(config_path), config)
+        if changed:
             raise ValueError(
-                f"{directory} already holds an experiment with other settings (see "
-                f"{config_path}). Use a new directory, or restore the original settings to resume."
+                f"{directory} already contains an experiment with other settings ({changed}; "
+                f"see {config_path}). Use a new directory, or restore the original settings "
+                "to resume."
             )
     else:
         checkpoint.write_json(config_path, asdict(config))
@@ -571,15 +653,21 @@ def run_experiment(
     return results
 
 
-def _same_settings(saved: dict, config: ExperimentConfig) -> bool:
-    """Return whether saved settings match `config`.
+def _changed_settings(saved: dict, config: ExperimentConfig) -> str:
+    """Describe the settings of `config` that differ from `saved`, or return "" when none do.
 
     A setting missing from `saved` counts as its default, so directories written before the
     setting existed still resume.
     """
     current = json.loads(json.dumps(asdict(config)))
     defaults = json.loads(json.dumps(asdict(ExperimentConfig())))
-    return {**defaults, **saved} == current
+    saved = {**defaults, **saved}
+    names = sorted(set(saved) | set(current))
+    return ", ".join(
+        f"{name}: {saved.get(name)!r} saved, {current.get(name)!r} now"
+        for name in names
+        if saved.get(name) != current.get(name)
+    )
 
 
 def load_results(directory: str | Path) -> list[dict]:

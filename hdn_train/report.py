@@ -631,7 +631,9 @@ def _render_markdown(results: list[dict], entries: list[dict], figures: dict[str
         lines += _section("Table 2: ablations", ablation_tables, with_titles=True)
 
     if any(entry["protocol"] == "loo" for entry in entries):
-        lines += _section("Leave-one-out protocol", [loo_table(entries)])
+        lines += _section(
+            "Leave-one-out protocol", [loo_table(entries)], note=_holdout_note(results)
+        )
 
     time_note = (
         "Seconds spent training the cell's own model. The two-stage model reuses MF and the "
@@ -661,6 +663,23 @@ def _render_markdown(results: list[dict], entries: list[dict], figures: dict[str
         ]
         lines += _figure_lines(figures["tradeoff"])
     return "\n".join(lines).rstrip() + "\n"
+
+
+HOLDOUT_TEXT = {
+    "latest": "each user's latest interaction by timestamp",
+    "random": "a random interaction of each user (seeded)",
+}
+
+
+def _holdout_note(results: list[dict]) -> str:
+    """Describe the interaction that the leave-one-out cells held out, as each cell records it."""
+    kinds = sorted(
+        {result.get("holdout") or "unknown" for result in results if result["protocol"] == "loo"}
+    )
+    described = [
+        HOLDOUT_TEXT.get(kind, "not recorded (cells from an older version)") for kind in kinds
+    ]
+    return "Held out: " + "; ".join(described) + "."
 
 
 def _section(

@@ -213,6 +213,15 @@ def test_experiment_changed_settings(first_run, tmp_path):
     result = invoke("experiment", changed, "--out", out, "--quiet")
     assert_reported_error(result)
     assert "other settings" in result.stderr
+    assert "student_epochs: 2 saved, 3 now" in result.stderr.replace("\n", " ")
+
+
+def test_experiment_seed_with_report_only(first_run):
+    _, config, out = first_run
+    result = invoke("experiment", config, "--out", out, "--seed", 0, "--report-only")
+    assert_reported_error(result)
+    assert "--seed" in result.stderr
+    assert "--report-only" in result.stderr
 
 
 # ----------------------------------------------------------------------------- example files
@@ -279,4 +288,57 @@ def test_experiment_unknown_seed(synthetic_csv, tmp_path):
     assert_reported_error(result)
     assert "Seed 7" in result.stderr
     assert "[0]" in result.stderr
+    assert not (tmp_path / "experiment").exists()
+
+
+# ----------------------------------------------------------------------------- invalid values
+
+
+@pytest.mark.parametrize(
+    ("line", "key"),
+    [
+        ("seeds = [0.5]", "seeds"),
+        ("seeds = 3", "seeds"),
+        ("seeds = [-1]", "seeds"),
+        ("seeds = [0, 0]", "seeds"),
+        ('dim = "8"', "dim"),
+        ("student_epochs = 0", "student_epochs"),
+        ("learning_rate = 0.0", "learning_rate"),
+        ("gamma_settings = [[0.9, 0.5]]", "gamma_settings"),
+        ("ks = [0]", "ks"),
+    ],
+)
+def test_experiment_invalid_value(synthetic_csv, tmp_path, line, key):
+    config = write_config(tmp_path / "bad.toml", synthetic_csv)
+    settings = [
+        existing for existing in config.read_text().splitlines() if not existing.startswith(key)
+    ]
+    config.write_text("\n".join([*settings, line]) + "\n")
+
+    result = invoke("experiment", config, "--out", tmp_path / "experiment")
+
+    assert_reported_error(result)
+    assert f"Invalid {key} = " in result.stderr
+    assert str(config) in result.stderr.replace("\n", "")
+    assert not (tmp_path / "experiment").exists()
+
+
+@pytest.mark.parametrize(
+    ("lines", "key"),
+    [
+        (["dim = 12"], "dim"),
+        (["convncf_epochs = 0"], "convncf_epochs"),
+        (["convncf_learning_rate = -1.0"], "convncf_learning_rate"),
+    ],
+)
+def test_experiment_invalid_convncf_value(synthetic_csv, tmp_path, lines, key):
+    config = write_config(tmp_path / "bad.toml", synthetic_csv)
+    text = config.read_text().replace('teachers = ["neumf"]', 'teachers = ["convncf"]')
+    settings = [existing for existing in text.splitlines() if not existing.startswith(key)]
+    config.write_text("\n".join([*settings, *lines]) + "\n")
+
+    result = invoke("experiment", config, "--out", tmp_path / "experiment")
+
+    assert_reported_error(result)
+    assert f"Invalid {key} = " in result.stderr
     assert not (tmp_path / "experiment").exists()

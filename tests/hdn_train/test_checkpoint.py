@@ -73,3 +73,14 @@ def test_read_json_names_file_and_line(tmp_path):
     path.write_text('{\n  "a": 1,\n  oops\n}')
     with pytest.raises(ValueError, match=r"broken.json is not valid JSON \(line 3"):
         checkpoint.read_json(path)
+
+
+def test_load_weights_names_unreadable_file(tmp_path):
+    import torch
+
+    path = tmp_path / "teacher.safetensors"
+    path.write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="not a readable safetensors file") as info:
+        checkpoint.load_weights(path, torch.nn.Linear(2, 1))
+    assert str(path) in str(info.value)
+    assert "Delete it" in str(info.value)

@@ -198,3 +198,32 @@ def test_partial_rejection_is_not_warned(caplog):
 
     assert not found
     assert caplog.text == ""
+
+
+def test_mf_models_repeat_across_processes(synthetic_csv):
+    # A new process starts torch from a random seed, so every model must seed torch itself
+    # before drawing its initial weights. Different global seeds stand in for two processes.
+    from hdn_train.data import load_dataset, paper_split
+    from hdn_train.experiment import Cell, ExperimentConfig, Workspace, run_cell
+
+    data = load_dataset(str(synthetic_csv))
+    split = paper_split(data.interactions, seed=0)
+    config = ExperimentConfig(
+        datasets=[str(synthetic_csv)],
+        models=["mf", "mf-student"],
+        dim=8,
+        mf_epochs=1,
+        pretrain_epochs=1,
+        neumf_epochs=1,
+        student_epochs=1,
+    )
+    cell = Cell(str(synthetic_csv), "neumf", "mf-student", None, 0)
+    weights, metrics = [], []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        workspace = Workspace(config, None, str(synthetic_csv), 0, split)
+        weights.append(workspace.mf().item_embedding.weight.detach().clone())
+        metrics.append(run_cell(workspace, cell)["metrics"])
+
+    assert torch.equal(weights[0], weights[1])
+    assert metrics[0] == metrics[1]

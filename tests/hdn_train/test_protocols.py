@@ -480,3 +480,20 @@ def test_experiment_rejects_unknown_holdout():
 
     with pytest.raises(ValueError, match="loo_holdout must be one of"):
         ExperimentConfig(protocol="loo", loo_holdout="earliest")
+
+
+def test_experiment_loo_records_holdout(tmp_path, caplog):
+    from hdn_train.experiment import ExperimentConfig, Workspace
+
+    csv_path = tmp_path / "pairs.csv"
+    dataset = read_u_data(write_u_data(tmp_path / "u.data"))
+    users, items = dataset.interactions.to_pairs()
+    rows = [f"{dataset.user_ids[u]},{dataset.item_ids[i]}" for u, i in zip(users, items)]
+    csv_path.write_text("user_id,item_id\n" + "\n".join(rows) + "\n")
+    config = ExperimentConfig(datasets=[str(csv_path)], protocol="loo")
+
+    with caplog.at_level("WARNING", logger="hdn_train.experiment"):
+        workspace = Workspace(config, None, str(csv_path), seed=0)
+
+    assert workspace.holdout == "random"
+    assert "has no timestamps" in caplog.text

@@ -188,6 +188,23 @@ def test_write_report_loo_section(tmp_path):
     assert "## Table 1" not in text
 
 
+@pytest.mark.parametrize(
+    ("holdout", "expected"),
+    [
+        ("latest", "Held out: each user's latest interaction by timestamp."),
+        ("random", "Held out: a random interaction of each user (seeded)."),
+        (None, "Held out: not recorded"),
+    ],
+)
+def test_write_report_loo_holdout_note(tmp_path, holdout, expected):
+    results = [make_result(model, 0, 0.4, protocol="loo") for model in ("poprank", "teacher")]
+    for result in results:
+        if holdout is not None:
+            result["holdout"] = holdout
+    text = write_report(results, tmp_path).read_text()
+    assert expected in markdown_section(text, "Leave-one-out protocol")
+
+
 def test_write_report_empty_raises(tmp_path):
     with pytest.raises(ValueError, match="No cell results"):
         write_report([], tmp_path / "report")
