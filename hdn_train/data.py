@@ -367,11 +367,14 @@ def read_table(
     item_col: str = "item_id",
     sep: str | None = None,
     name: str | None = None,
+    timestamp_col: str = "timestamp",
 ) -> Dataset:
     """Read a CSV or TSV file whose header row names a user column and an item column.
 
     Ids are kept as strings. Dense indices follow numeric order when every id is an integer,
-    and string order otherwise. Other columns are ignored.
+    and string order otherwise. A column named `timestamp_col`, when the header has one, gives
+    integer timestamps (such as Unix seconds) that the leave-one-out protocol uses to hold out
+    each user's latest interaction. Other columns are ignored.
 
     Args:
         path: The file.
@@ -380,11 +383,13 @@ def read_table(
         sep: Field separator. By default "," for .csv, tab for .tsv, and otherwise the first of
             tab, ",", ";" and "|" found in the header line.
         name: Data set name; defaults to the file name without its extension.
+        timestamp_col: Header name of the optional timestamp column.
 
     Raises:
         FileNotFoundError: The file does not exist.
         DataFormatError: The file is empty, has no data rows, lacks one of the two columns, or
-            has a row with the wrong number of fields or an empty id.
+            has a row with the wrong number of fields, an empty id or a timestamp that is not
+            an integer.
     """
     path = Path(path)
     if user_col == item_col:
@@ -410,9 +415,12 @@ def read_table(
             raise DataFormatError(path, problem, hint, 1, header_line)
     user_position = header.index(user_col)
     item_position = header.index(item_col)
+    time_position = header.index(timestamp_col) if timestamp_col in header else None
 
     users: list[str] = []
     items: list[str] = []
+    times: list[str] = []
+    line_numbers: list[int] = []
     try:
         for row in reader:
             if len(row) != len(header) or not row[user_position] or not row[item_position]:
@@ -422,6 +430,9 @@ def read_table(
                 raise DataFormatError(path, problem, expected, reader.line_num, sep.join(row))
             users.append(row[user_position])
             items.append(row[item_position])
+            if time_position is not None:
+                times.append(row[time_position])
+                line_numbers.append(reader.line_num)
     except csv.Error as err:
         line_number = reader.line_num
         line = text.split("\n")[line_number - 1] if line_number else None
@@ -433,7 +444,20 @@ def read_table(
     item_index, item_ids = _index_string_ids(np.array(items))
     n_users, n_items = len(user_ids), len(item_ids)
     interactions = InteractionMatrix.from_pairs(user_index, item_index, n_users, n_items)
-    return Dataset(name or path.stem, interactions, user_ids, item_ids)
+    timestamps = None
+    if time_position is not None:
+        lines = text.split("\n")
+        timestamps = _parse_numbers(
+            path,
+            times,
+            np.array(line_numbers),
+            lambda index: lines[line_numbers[index] - 1],
+            timestamp_col,
+            True,
+            f"{expected}, and integer timestamps in the {timestamp_col!r} column",
+        )
+        timestamps = _earliest_timestamps(user_index, item_index, timestamps, n_items)
+    return Dataset(name or path.stem, interactions, user_ids, item_ids, timestamps)
 
 
 def _read_adjacency_file(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -302,8 +302,8 @@ class Workspace:
                 if config.loo_holdout == "latest" and timestamps is None:
                     logger.warning(
                         "%s has no timestamps, so each user's held-out interaction is a random "
-                        "one, not the latest. Give the data a timestamp column to hold out the "
-                        "latest.",
+                        "one, not the latest. A CSV or TSV file gives timestamps in a column named "
+                        "'timestamp'.",
                         dataset,
                     )
                 self.holdout = "random" if timestamps is None else "latest"

@@ -98,6 +98,28 @@ def test_read_table_csv_numeric_order(tmp_path):
     assert dataset.timestamps is None
 
 
+def test_read_table_timestamp_column(tmp_path):
+    # A repeated pair keeps its earliest timestamp, as the MovieLens readers do.
+    text = "user_id,item_id,timestamp\nu1,a,30\nu1,b,10\nu2,a,20\nu1,a,5\n"
+    dataset = data.read_table(write(tmp_path / "plays.csv", text))
+
+    users, items = dataset.interactions.to_pairs()
+    times = {
+        (dataset.user_ids[user], dataset.item_ids[item]): int(time)
+        for user, item, time in zip(users, items, dataset.timestamps)
+    }
+    assert times == {("u1", "a"): 5, ("u1", "b"): 10, ("u2", "a"): 20}
+
+
+def test_read_table_rejects_bad_timestamp(tmp_path):
+    text = "user_id,item_id,timestamp\nu1,a,30\nu2,b,2020-01-01\n"
+    path = write(tmp_path / "plays.csv", text)
+    with pytest.raises(data.DataFormatError, match="line 3") as info:
+        data.read_table(path)
+    assert "2020-01-01" in str(info.value)
+    assert "'timestamp' column" in str(info.value)
+
+
 def test_read_table_keeps_distinct_strings(tmp_path):
     text = "user_id,item_id\nu1,7\nu1,07\nu2,10\n"
     dataset = data.read_table(write(tmp_path / "plays.csv", text))
