@@ -373,8 +373,8 @@ def read_table(
 
     Ids are kept as strings. Dense indices follow numeric order when every id is an integer,
     and string order otherwise. A column named `timestamp_col`, when the header has one, gives
-    integer timestamps (such as Unix seconds) that the leave-one-out protocol uses to hold out
-    each user's latest interaction. Other columns are ignored.
+    timestamps (integers such as Unix seconds, or ISO 8601 dates) that the leave-one-out
+    protocol uses to hold out each user's latest interaction. Other columns are ignored.
 
     Args:
         path: The file.
@@ -388,8 +388,8 @@ def read_table(
     Raises:
         FileNotFoundError: The file does not exist.
         DataFormatError: The file is empty, has no data rows, lacks one of the two columns, or
-            has a row with the wrong number of fields, an empty id or a timestamp that is not
-            an integer.
+            has a row with the wrong number of fields, an empty id or a timestamp that is
+            neither an integer nor an ISO 8601 date.
     """
     path = Path(path)
     if user_col == item_col:
@@ -446,18 +446,42 @@ def read_table(
     interactions = InteractionMatrix.from_pairs(user_index, item_index, n_users, n_items)
     timestamps = None
     if time_position is not None:
-        lines = text.split("\n")
-        timestamps = _parse_numbers(
-            path,
-            times,
-            np.array(line_numbers),
-            lambda index: lines[line_numbers[index] - 1],
-            timestamp_col,
-            True,
-            f"{expected}, and integer timestamps in the {timestamp_col!r} column",
-        )
+        timestamps = _parse_times(path, text, times, line_numbers, timestamp_col, expected)
         timestamps = _earliest_timestamps(user_index, item_index, timestamps, n_items)
     return Dataset(name or path.stem, interactions, user_ids, item_ids, timestamps)
+
+
+def _parse_times(
+    path: Path,
+    text: str,
+    times: list[str],
+    line_numbers: list[int],
+    column: str,
+    expected: str,
+) -> np.ndarray:
+    """Convert a timestamp column of integers or ISO 8601 dates to int64 seconds.
+
+    Raises:
+        DataFormatError: Naming the first line whose value is neither.
+    """
+    try:
+        return np.fromiter(map(int, times), dtype=np.int64, count=len(times))
+    except (ValueError, OverflowError):
+        pass
+    try:
+        return np.array(times, dtype="datetime64[s]").astype(np.int64)
+    except ValueError:
+        pass
+    lines = text.split("\n")
+    return _parse_numbers(
+        path,
+        times,
+        np.array(line_numbers),
+        lambda index: lines[line_numbers[index] - 1],
+        column,
+        True,
+        f"{expected}, and integer or ISO 8601 timestamps in the {column!r} column",
+    )
 
 
 def _read_adjacency_file(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

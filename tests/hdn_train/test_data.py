@@ -111,12 +111,19 @@ def test_read_table_timestamp_column(tmp_path):
     assert times == {("u1", "a"): 5, ("u1", "b"): 10, ("u2", "a"): 20}
 
 
+def test_read_table_iso_timestamps(tmp_path):
+    text = "user_id,item_id,timestamp\nu1,a,2020-01-02\nu1,b,2020-01-01T00:00:10\n"
+    dataset = data.read_table(write(tmp_path / "plays.csv", text))
+
+    assert dataset.timestamps.tolist() == [1577923200, 1577836810]
+
+
 def test_read_table_rejects_bad_timestamp(tmp_path):
-    text = "user_id,item_id,timestamp\nu1,a,30\nu2,b,2020-01-01\n"
+    text = "user_id,item_id,timestamp\nu1,a,30\nu2,b,yesterday\n"
     path = write(tmp_path / "plays.csv", text)
     with pytest.raises(data.DataFormatError, match="line 3") as info:
         data.read_table(path)
-    assert "2020-01-01" in str(info.value)
+    assert "yesterday" in str(info.value)
     assert "'timestamp' column" in str(info.value)
 
 
