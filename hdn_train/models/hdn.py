@@ -43,6 +43,9 @@ class HDN(nn.Module):
         dim: Embedding width d.
         hidden_dim: Width of every interaction embedding h_n.
         num_decisions: Number of decision modules N.
+        init_std: Standard deviation of the normal initial embeddings, as for the MF models.
+            With 0.1 instead of 0.01, the distilled score on MovieLens-100K ended about 0.025
+            NDCG@20 lower after 15 epochs (docs/results/ml100k_init).
     """
 
     def __init__(
@@ -52,14 +55,15 @@ class HDN(nn.Module):
         dim: int = 32,
         hidden_dim: int = 32,
         num_decisions: int = 3,
+        init_std: float = 0.01,
     ) -> None:
         super().__init__()
         if num_decisions < 1:
             raise ValueError(f"num_decisions must be at least 1, got {num_decisions}.")
         self.user_embedding = nn.Embedding(num_users, dim)
         self.item_embedding = nn.Embedding(num_items, dim)
-        nn.init.normal_(self.user_embedding.weight, std=0.1)
-        nn.init.normal_(self.item_embedding.weight, std=0.1)
+        nn.init.normal_(self.user_embedding.weight, std=init_std)
+        nn.init.normal_(self.item_embedding.weight, std=init_std)
 
         widths = [dim] + [dim + hidden_dim] * (num_decisions - 1)
         self.decisions = nn.ModuleList(DecisionModule(width, hidden_dim) for width in widths)

@@ -163,8 +163,7 @@ def test_teacher_scores_are_calibrated(synthetic_csv, kind):
 
     # The map is monotone and affine, and sigmoid(logit) averages to the sampled share of
     # positives, 1 / (1 + negatives), as a logistic fit does on its own pairs.
-    slope = np.polyfit(raw.ravel(), logits.ravel(), 1)[0]
-    assert slope > 0
+    assert np.corrcoef(raw.ravel(), logits.ravel())[0, 1] > 0.999
     # Monotone per user: in the raw order the logits never decrease. Float32 rounding may turn
     # two close raw scores into equal logits, so argsort orders are not compared.
     order = np.argsort(raw, axis=1)
