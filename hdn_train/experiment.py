@@ -32,6 +32,7 @@ from hdn_train.distill import (
 )
 from hdn_train.evaluate import dense_scorer, evaluate_ranking, hdn_scorer, two_stage_scorer
 from hdn_train.interactions import InteractionMatrix
+from hdn_train.models import convncf
 from hdn_train.models.baselines import MatrixFactorization, PopRank
 from hdn_train.models.hdn import HDN
 from hdn_train.models.neumf import GMF, MLP, NeuMF
@@ -172,7 +173,7 @@ class ExperimentConfig:
             )
             if not valid:
                 fail(name, settings, "lists of non-decreasing ratios in [0, 1)")
-        if "convncf" in self.teachers and (self.dim < 2 or self.dim & (self.dim - 1)):
+        if "convncf" in self.teachers and not convncf.is_valid_dim(self.dim):
             fail("dim", self.dim, "a power of two >= 2 for the ConvNCF teacher")
 
     @classmethod
@@ -401,13 +402,12 @@ class Workspace:
             return TorchTeacher(model), history
         if kind == "convncf":
             from hdn_train.bpr import fit_bpr
-            from hdn_train.models.convncf import ConvNCF
 
             # ConvNCF's authors start from MF embeddings trained with BPR.
             mf_bpr = MatrixFactorization(self.num_users, self.num_items, config.dim)
             pretrain = self._options(config.convncf_pretrain_epochs)
             history = {"mf_bpr": fit_bpr(mf_bpr, self.train, pretrain, rng, "mf-bpr", on_step)}
-            model = ConvNCF(self.num_users, self.num_items, config.dim)
+            model = convncf.ConvNCF(self.num_users, self.num_items, config.dim)
             model.load_pretrained_embeddings(mf_bpr)
             options = self._options(config.convncf_epochs, config.convncf_learning_rate)
             history["convncf"] = fit_bpr(model, self.train, options, rng, "convncf", on_step)
@@ -487,12 +487,10 @@ def load_teacher(kind: str, path: Path, num_users: int, num_items: int, config: 
         model = NeuMF(num_users, num_items, config.dim, tuple(config.mlp_layers))
         return TorchTeacher(checkpoint.load_weights(path, model))
     if kind == "convncf":
-        from hdn_train.models.convncf import ConvNCF
-
         # BPR fixes only score differences. On ML-1M the median ConvNCF score was about +4, so
         # raw scores read as logits would call most items positives.
         return TorchTeacher(
-            checkpoint.load_weights(path, ConvNCF(num_users, num_items, config.dim)),
+            checkpoint.load_weights(path, convncf.ConvNCF(num_users, num_items, config.dim)),
             scores_are_logits=False,
         )
     from hdn_train.models.als import ALSTeacher

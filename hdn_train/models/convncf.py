@@ -16,6 +16,11 @@ CONV_KERNEL = 2
 """Kernel size and stride of every convolution, so each layer halves the map's height and width."""
 
 
+def is_valid_dim(dim: int) -> bool:
+    """Return whether stride-2 convolutions reduce a (dim, dim) map to exactly 1x1."""
+    return dim >= 2 and not dim & (dim - 1)
+
+
 def _init_embedding(num: int, dim: int) -> nn.Embedding:
     embedding = nn.Embedding(num, dim)
     nn.init.normal_(embedding.weight, std=0.01)
@@ -48,7 +53,7 @@ class ConvNCF(nn.Module):
 
     def __init__(self, num_users: int, num_items: int, dim: int = 32, channels: int = 32) -> None:
         super().__init__()
-        if dim < 2 or dim & (dim - 1):
+        if not is_valid_dim(dim):
             raise ValueError(
                 f"ConvNCF dim must be a power of two >= 2, got {dim}. Each stride-2 convolution "
                 "halves the (dim, dim) interaction map, so only powers of two reach 1x1 exactly."
