@@ -487,7 +487,7 @@ def load_teacher(kind: str, path: Path, num_users: int, num_items: int, config: 
         model = NeuMF(num_users, num_items, config.dim, tuple(config.mlp_layers))
         return TorchTeacher(checkpoint.load_weights(path, model))
     if kind == "convncf":
-        # BPR fixes only score differences. On ML-1M the median ConvNCF score was about +4, so
+        # BPR fixes only score differences. On ML-1M the median ConvNCF score was +3 to +4, so
         # raw scores read as logits would call most items positives.
         return TorchTeacher(
             checkpoint.load_weights(path, convncf.ConvNCF(num_users, num_items, config.dim)),
